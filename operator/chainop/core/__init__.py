@@ -1,0 +1,1 @@
+"""Pure decision logic: no Kubernetes, no HTTP, no clocks of its own."""

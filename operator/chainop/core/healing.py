@@ -1,0 +1,161 @@
+"""Self-healing as pure transitions: exclusion, restart budget, recovery, restore.
+
+The lifecycle of an in-cluster provider that breaks (DESIGN.md, "Health and
+self-healing")::
+
+    Healthy ─probe fails x unhealthyThreshold→ Unhealthy ─exclude→ Excluded
+       ↑                                                        │ restart (once, budgeted)
+       └──────── first successful recovery probe (restore) ─────┘ recovery probes, backoff
+
+Restart bookkeeping belongs to the *Deployment*, not to a provider of one chain, because
+several chains may name the same Deployment: ``RestartLedger`` holds the recent restart
+times and whether one is in flight, and the operator persists it on the Deployment
+itself (see ``chainop.kube``), so every chain and every operator restart sees the same
+budget. Everything here is purely computational; ``now`` is always passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from chainop.core.health import ProviderHealth
+from chainop.core.models import RecoverySpec
+
+HOUR = 3600.0
+
+
+def recovery_delay(policy: RecoverySpec, *, attempts: int) -> float:
+    """Delay before recovery probe number ``attempts + 1``: doubling, capped."""
+    exponent = min(max(attempts, 0), 64)
+    return float(min(policy.initial_seconds * (2.0**exponent), policy.max_seconds))
+
+
+def exclude(health: ProviderHealth, *, now: float, recovery: RecoverySpec) -> ProviderHealth:
+    """Take an Unhealthy provider out of the active order and schedule recovery probes.
+
+    Idempotent: excluding an Excluded provider changes nothing (its schedule stands).
+    """
+    if health.excluded:
+        return health
+    return replace(
+        health,
+        unhealthy=True,
+        excluded_since=now,
+        recovery_attempts=0,
+        next_recovery_time=now + recovery_delay(recovery, attempts=0),
+    )
+
+
+def recovery_due(health: ProviderHealth, *, now: float) -> bool:
+    """Whether an Excluded provider's next recovery probe is due."""
+    return (
+        health.excluded
+        and health.next_recovery_time is not None
+        and now >= health.next_recovery_time
+    )
+
+
+def recovery_failed(
+    health: ProviderHealth, *, now: float, recovery: RecoverySpec, error: str
+) -> ProviderHealth:
+    """A recovery probe failed: back off (doubling, capped) and try again later."""
+    attempts = health.recovery_attempts + 1
+    return replace(
+        health,
+        recovery_attempts=attempts,
+        next_recovery_time=now + recovery_delay(recovery, attempts=attempts),
+        last_probe_time=now,
+        last_error=error,
+    )
+
+
+def restore(health: ProviderHealth, *, now: float, latency_ms: int | None) -> ProviderHealth:
+    """The first successful recovery probe: back to Healthy, at its original position.
+
+    The original position needs no bookkeeping: ``active_order`` is always the spec's
+    order minus Excluded providers, so a restored provider is back where it was.
+    """
+    return replace(
+        health,
+        unhealthy=False,
+        consecutive_failures=0,
+        consecutive_probe_failures=0,
+        benchings=0,
+        cooldown_until=None,
+        excluded_since=None,
+        recovery_attempts=0,
+        next_recovery_time=None,
+        last_probe_time=now,
+        last_probe_latency_ms=latency_ms,
+        last_error="",
+        slow=False,
+    )
+
+
+def active_order(spec_order: Sequence[str], health: Iterable[ProviderHealth]) -> list[str]:
+    """The spec's order without Excluded providers. Purely computational."""
+    excluded = {h.name for h in health if h.excluded}
+    return [name for name in spec_order if name not in excluded]
+
+
+# --------------------------------------------------------------------------- restarts
+
+
+@dataclass(frozen=True, slots=True)
+class RestartLedger:
+    """Restarts chainop ordered for one Deployment, shared by every chain naming it.
+
+    ``history`` holds the times of restarts (epoch seconds); ``in_flight_since`` is set
+    from the patch until the backend is seen healthy again (or the grace runs out).
+    """
+
+    history: tuple[float, ...] = ()
+    in_flight_since: float | None = None
+
+    def recent(self, *, now: float) -> tuple[float, ...]:
+        """Restarts within the last hour."""
+        return tuple(t for t in self.history if now - t < HOUR)
+
+    def in_flight(self, *, now: float, grace_seconds: float) -> bool:
+        """Whether a restart is under way (ordered less than ``grace_seconds`` ago)."""
+        return self.in_flight_since is not None and now - self.in_flight_since < grace_seconds
+
+
+@dataclass(frozen=True, slots=True)
+class RestartVerdict:
+    """Whether to restart now, and why not when not (for Events and logs)."""
+
+    allowed: bool
+    reason: str
+
+
+def may_restart(
+    ledger: RestartLedger, *, now: float, max_per_hour: int, grace_seconds: float
+) -> RestartVerdict:
+    """Decide whether a Deployment may be restarted now. Purely computational.
+
+    Never two restarts in flight, never more than ``max_per_hour`` in any hour.
+    """
+    if ledger.in_flight(now=now, grace_seconds=grace_seconds):
+        return RestartVerdict(False, "RestartInFlight")
+    if max_per_hour <= 0:
+        return RestartVerdict(False, "RestartsDisabled")
+    if len(ledger.recent(now=now)) >= max_per_hour:
+        return RestartVerdict(False, "RestartBudgetExhausted")
+    return RestartVerdict(True, "RestartAllowed")
+
+
+def record_restart(ledger: RestartLedger, *, now: float) -> RestartLedger:
+    """A restart was ordered: add it to the history (pruned to the hour), mark in flight."""
+    return RestartLedger(history=(*ledger.recent(now=now), now), in_flight_since=now)
+
+
+def restart_settled(ledger: RestartLedger) -> RestartLedger:
+    """The backend answered again: the restart is no longer in flight."""
+    return replace(ledger, in_flight_since=None)
+
+
+def note_restart(health: ProviderHealth, *, now: float) -> ProviderHealth:
+    """Count a restart on the provider's own status (``restarts``, ``lastRestartTime``)."""
+    return replace(health, restarts=health.restarts + 1, last_restart_time=now)

@@ -1,0 +1,651 @@
+"""Spec and status of ``ProviderChain`` and ``DelegatedTask`` (chainop.dev/v1alpha1).
+
+These pydantic models are the single source of truth for the API: the CRDs in ``crds/``
+(and so ``kubectl explain``) are generated from them, which is why every field carries a
+description, bounds and defaults. Field names are snake_case in Python and camelCase on
+the wire (``model_validate`` takes the camelCase dicts of DESIGN.md; ``model_dump(
+by_alias=True)`` gives them back).
+
+Validation here catches what a CRD schema cannot (duplicate provider names, reserved
+names, ``maxSeconds < initialSeconds``); the operator turns such errors into
+``Ready=False`` instead of crashing.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "chainop.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+#: Names a provider may not take, because ``preferredProvider`` gives them a meaning.
+RESERVED_PROVIDER_NAMES = frozenset({"auto", "local"})
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class _Model(BaseModel):
+    """Frozen, camelCase on the wire, unknown fields rejected (typos are errors)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+        extra="forbid",
+        use_enum_values=False,
+    )
+
+
+class _StatusModel(_Model):
+    """Status is written by chainop; reading tolerates fields from newer versions."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+# --------------------------------------------------------------------------- enums
+
+
+class Strategy(enum.StrEnum):
+    """How a chain spreads work over its providers."""
+
+    FALLBACK = "Fallback"
+    PRIMARY_ONLY = "PrimaryOnly"
+    ROUND_ROBIN = "RoundRobin"
+
+
+class ProviderType(enum.StrEnum):
+    """The wire protocol a provider speaks."""
+
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+    JOBS = "jobs"
+
+
+class PrivacyTier(enum.StrEnum):
+    """Where data sent to a provider ends up; Sovereign is the only "local" tier."""
+
+    SOVEREIGN = "Sovereign"
+    PRIVATE = "Private"
+    STANDARD = "Standard"
+
+
+#: From most to least private; ``effectivePrivacyTier`` is the last one reachable.
+PRIVACY_ORDER: tuple[PrivacyTier, ...] = (
+    PrivacyTier.SOVEREIGN,
+    PrivacyTier.PRIVATE,
+    PrivacyTier.STANDARD,
+)
+
+
+class ProbeMode(enum.StrEnum):
+    """Active: periodic zero-cost probes. Passive: health from real traffic only."""
+
+    ACTIVE = "Active"
+    PASSIVE = "Passive"
+
+
+class ProviderState(enum.StrEnum):
+    """A provider's health as shown in ``status.providers[].state``."""
+
+    HEALTHY = "Healthy"
+    DEGRADED = "Degraded"
+    COOLING_DOWN = "CoolingDown"
+    UNHEALTHY = "Unhealthy"
+    EXCLUDED = "Excluded"
+
+
+class ComplexityHint(enum.StrEnum):
+    """A hint about how demanding a task is (informational in v1alpha1)."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+class TaskPhase(enum.StrEnum):
+    """Summary of a task for ``kubectl get``; conditions carry the detail."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class MessageRole(enum.StrEnum):
+    """Who said a message in the conversation."""
+
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+# --------------------------------------------------------------------------- chain spec
+
+
+class SecretKeyRef(_Model):
+    """A key of a Secret in the resource's own namespace."""
+
+    name: str = Field(
+        min_length=1, max_length=253, description="Name of the Secret, in the chain's namespace."
+    )
+    key: str = Field(
+        min_length=1, max_length=253, description="Key inside the Secret holding the API key."
+    )
+
+
+class BackendRef(_Model):
+    """The in-cluster workload serving a provider, which chainop may restart."""
+
+    deployment: str = Field(
+        min_length=1,
+        max_length=253,
+        description=(
+            "Name of a Deployment in the chain's namespace. When the provider turns "
+            "Unhealthy, chainop patches its pod-template annotation chainop.dev/restartedAt."
+        ),
+    )
+
+
+class Capabilities(_Model):
+    """What a provider can take; a request beyond it skips the provider without penalty.
+
+    Leaving a field out means "unknown": the request is sent and the provider decides.
+    """
+
+    context_window: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000_000,
+        description=(
+            "Largest prompt plus maxTokens the model accepts, in tokens (prompt estimated "
+            "as characters/4). Unset: not checked."
+        ),
+    )
+    vision: bool | None = Field(
+        default=None,
+        description="Whether the model accepts images. false skips requests with images.",
+    )
+    tools: bool | None = Field(
+        default=None,
+        description="Whether the model accepts tool definitions. false skips requests with tools.",
+    )
+
+
+class Cost(_Model):
+    """Price of a provider, used to compute ``status.result.costUSD`` from usage."""
+
+    input_per_million_tokens: float = Field(
+        default=0.0, ge=0, le=1_000_000, description="USD per million input (prompt) tokens."
+    )
+    output_per_million_tokens: float = Field(
+        default=0.0, ge=0, le=1_000_000, description="USD per million output tokens."
+    )
+
+
+class ProviderSpec(_Model):
+    """One provider of a chain: an endpoint, a model, a protocol and a privacy tier."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description=(
+            "Unique name within the chain (a DNS label). 'auto' and 'local' are reserved "
+            "for DelegatedTask.spec.routing.preferredProvider."
+        ),
+    )
+    type: ProviderType = Field(
+        default=ProviderType.OPENAI,
+        description=(
+            "Protocol: openai (any OpenAI-compatible /chat/completions), anthropic "
+            "(/v1/messages) or jobs (asynchronous POST /jobs, GET /jobs/{id})."
+        ),
+    )
+    endpoint: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="Base URL, e.g. http://vllm.team-a.svc:8000/v1 or https://api.openai.com/v1.",
+    )
+    model: str = Field(
+        min_length=1, max_length=256, description="Model name sent with every request."
+    )
+    privacy_tier: PrivacyTier = Field(
+        default=PrivacyTier.STANDARD,
+        description=(
+            "Sovereign (in-cluster; the only tier that counts as local), Private, or "
+            "Standard (public API). Defaults to Standard so a provider is never treated "
+            "as local by accident."
+        ),
+    )
+    backend: BackendRef | None = Field(
+        default=None, description="The in-cluster Deployment chainop may restart, if any."
+    )
+    capabilities: Capabilities = Field(
+        default_factory=Capabilities,
+        description="Declared limits, checked before a request is sent.",
+    )
+    timeout_seconds: float = Field(
+        default=60.0, gt=0, le=3600, description="Timeout of one request to this provider."
+    )
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding the API key; the key never appears in status or logs.",
+    )
+    cost: Cost = Field(default_factory=Cost, description="Prices used to compute task cost.")
+    exempt_from_cooldown: bool = Field(
+        default=False,
+        description=(
+            "Never bench this provider (for pay-per-use providers that never rate-limit)."
+        ),
+    )
+
+
+class CooldownSpec(_Model):
+    """Exponential, capped benching: initialSeconds x 2^(benchings-1), at most maxSeconds."""
+
+    initial_seconds: float = Field(
+        default=5.0, gt=0, le=86_400, description="Length of the first benching, in seconds."
+    )
+    max_seconds: float = Field(
+        default=300.0, gt=0, le=86_400, description="Cap of any benching, in seconds."
+    )
+
+    @model_validator(mode="after")
+    def _cap_not_below_initial(self) -> CooldownSpec:
+        if self.max_seconds < self.initial_seconds:
+            raise ValueError("maxSeconds must be >= initialSeconds")
+        return self
+
+
+class ProbeSpec(_Model):
+    """Periodic zero-cost health probes (GET {endpoint}/models or equivalent)."""
+
+    interval_seconds: float = Field(
+        default=15.0, ge=1, le=3600, description="Time between two probes of one endpoint."
+    )
+    timeout_seconds: float = Field(default=5.0, gt=0, le=300, description="Timeout of one probe.")
+    unhealthy_threshold: int = Field(
+        default=3, ge=1, le=100, description="Failed probes in a row that make it Unhealthy."
+    )
+    mode: ProbeMode | None = Field(
+        default=None,
+        description=(
+            "Active or Passive for every provider of the chain. Unset: Active for "
+            "Sovereign providers, Passive for the others (probing paid APIs costs money)."
+        ),
+    )
+
+
+class HealthSpec(_Model):
+    """How failures turn into benching."""
+
+    failure_threshold: int = Field(
+        default=2, ge=1, le=100, description="Consecutive transient failures that bench a provider."
+    )
+    transient_retries: int = Field(
+        default=1, ge=0, le=10, description="Retries on the same provider before advancing."
+    )
+    cooldown: CooldownSpec = Field(
+        default_factory=CooldownSpec, description="Benching length, exponential and capped."
+    )
+    probe: ProbeSpec = Field(default_factory=ProbeSpec, description="Active health probes.")
+
+
+class RecoverySpec(_Model):
+    """Backoff of recovery probes of an Excluded provider."""
+
+    initial_seconds: float = Field(
+        default=30.0, gt=0, le=86_400, description="Delay before the first recovery probe."
+    )
+    max_seconds: float = Field(
+        default=300.0, gt=0, le=86_400, description="Cap of the doubling delay."
+    )
+
+    @model_validator(mode="after")
+    def _cap_not_below_initial(self) -> RecoverySpec:
+        if self.max_seconds < self.initial_seconds:
+            raise ValueError("maxSeconds must be >= initialSeconds")
+        return self
+
+
+class SelfHealingSpec(_Model):
+    """What chainop does about an Unhealthy provider."""
+
+    exclude: bool = Field(
+        default=True, description="Take an Unhealthy provider out of status.activeOrder."
+    )
+    restart_backends: bool = Field(
+        default=True,
+        description="Patch the provider's backend Deployment (like kubectl rollout restart).",
+    )
+    max_restarts_per_hour: int = Field(
+        default=3, ge=0, le=60, description="Restarts of one Deployment allowed in any hour."
+    )
+    recovery: RecoverySpec = Field(
+        default_factory=RecoverySpec, description="Recovery-probe backoff."
+    )
+
+
+class TaskDefaults(_Model):
+    """Defaults for DelegatedTasks that use this chain."""
+
+    allow_delegation: bool = Field(
+        default=False,
+        description="Whether tasks may leave Sovereign providers when they do not say.",
+    )
+
+
+class ProviderChainSpec(_Model):
+    """An ordered chain of LLM providers: head first, the last one is the terminus."""
+
+    strategy: Strategy = Field(
+        default=Strategy.FALLBACK,
+        description=(
+            "Fallback: head to tail, terminus always attempted. PrimaryOnly: the head "
+            "only. RoundRobin: spread over healthy providers, falling back on errors."
+        ),
+    )
+    providers: list[ProviderSpec] = Field(
+        min_length=1, max_length=32, description="Providers in order; the last is the terminus."
+    )
+    health: HealthSpec = Field(
+        default_factory=HealthSpec, description="Failure counting, benching and probes."
+    )
+    self_healing: SelfHealingSpec = Field(
+        default_factory=SelfHealingSpec, description="Exclusion, restarts and recovery."
+    )
+    advance_on_permanent_error: bool = Field(
+        default=False,
+        description="Advance to the next provider on 400/401/403/422 instead of failing.",
+    )
+    task_defaults: TaskDefaults = Field(
+        default_factory=TaskDefaults, description="Defaults for tasks using this chain."
+    )
+
+    @model_validator(mode="after")
+    def _names_unique_and_unreserved(self) -> ProviderChainSpec:
+        seen: set[str] = set()
+        for provider in self.providers:
+            if provider.name in RESERVED_PROVIDER_NAMES:
+                raise ValueError(
+                    f"provider name {provider.name!r} is reserved (auto and local mean "
+                    "something in preferredProvider)"
+                )
+            if provider.name in seen:
+                raise ValueError(f"duplicate provider name {provider.name!r}")
+            seen.add(provider.name)
+        return self
+
+    def provider(self, name: str) -> ProviderSpec | None:
+        """The provider called ``name``, or None."""
+        for provider in self.providers:
+            if provider.name == name:
+                return provider
+        return None
+
+    def probe_mode(self, provider: ProviderSpec) -> ProbeMode:
+        """Effective probe mode of one provider (chain setting, else by privacy tier)."""
+        if self.health.probe.mode is not None:
+            return self.health.probe.mode
+        if provider.privacy_tier is PrivacyTier.SOVEREIGN:
+            return ProbeMode.ACTIVE
+        return ProbeMode.PASSIVE
+
+
+# --------------------------------------------------------------------------- conditions
+
+
+class Condition(_StatusModel):
+    """A condition in the shape of the Kubernetes API conventions."""
+
+    type: str = Field(description="Condition type, e.g. Ready, Succeeded, Progressing.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(default="", description="One-word CamelCase reason.")
+    message: str = Field(default="", description="Human-readable detail.")
+    last_transition_time: datetime | None = Field(
+        default=None, description="When status last changed."
+    )
+    observed_generation: int | None = Field(
+        default=None, description="metadata.generation the condition was computed from."
+    )
+
+
+# --------------------------------------------------------------------------- chain status
+
+
+class ProviderStatus(_StatusModel):
+    """Observed health of one provider, and the bookkeeping that survives restarts."""
+
+    name: str = Field(description="Provider name, as in spec.providers.")
+    state: ProviderState = Field(default=ProviderState.HEALTHY, description="Health state.")
+    consecutive_failures: int = Field(
+        default=0, ge=0, description="Transient failures in a row (tasks and probes)."
+    )
+    benchings: int = Field(
+        default=0, ge=0, description="Benchings since the last success (the cooldown level)."
+    )
+    cooldown_until: datetime | None = Field(
+        default=None, description="Benched until this time (state CoolingDown)."
+    )
+    consecutive_probe_failures: int = Field(
+        default=0, ge=0, description="Failed active probes in a row."
+    )
+    last_probe_time: datetime | None = Field(default=None, description="Time of the last probe.")
+    last_probe_latency_ms: int | None = Field(
+        default=None, ge=0, description="Latency of the last successful probe, milliseconds."
+    )
+    last_error: str = Field(default="", description="Last error seen, without secrets.")
+    excluded_since: datetime | None = Field(
+        default=None, description="When self-healing took it out of activeOrder."
+    )
+    restarts: int = Field(default=0, ge=0, description="Backend restarts chainop ordered.")
+    last_restart_time: datetime | None = Field(
+        default=None, description="When chainop last restarted the backend."
+    )
+    recovery_attempts: int = Field(
+        default=0, ge=0, description="Recovery probes made since exclusion."
+    )
+    next_recovery_time: datetime | None = Field(
+        default=None, description="When the next recovery probe is due."
+    )
+
+
+class ProviderChainStatus(_StatusModel):
+    """Observed state of a ProviderChain."""
+
+    observed_generation: int | None = Field(
+        default=None, description="metadata.generation this status reflects."
+    )
+    conditions: list[Condition] = Field(default_factory=list, description="Ready and others.")
+    healthy: int = Field(default=0, ge=0, description="Providers currently Healthy.")
+    total: int = Field(default=0, ge=0, description="Providers in the chain.")
+    active_order: list[str] = Field(
+        default_factory=list, description="Providers in use, in order (Excluded ones left out)."
+    )
+    active: str = Field(default="", description="Head of activeOrder (for kubectl get).")
+    effective_privacy_tier: PrivacyTier | None = Field(
+        default=None, description="The most permissive tier any task could reach."
+    )
+    providers: list[ProviderStatus] = Field(
+        default_factory=list, description="Per-provider health."
+    )
+
+
+# --------------------------------------------------------------------------- task spec
+
+
+class Message(_Model):
+    """One message of the conversation."""
+
+    role: MessageRole = Field(default=MessageRole.USER, description="system, user or assistant.")
+    content: str = Field(max_length=1_000_000, description="Text of the message.")
+    images: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Image URLs (or data: URLs) attached to the message; needs vision.",
+    )
+
+
+class ToolSpec(_Model):
+    """A tool (function) the model may call; needs a provider with tools."""
+
+    name: str = Field(min_length=1, max_length=64, description="Function name.")
+    description: str = Field(default="", max_length=4096, description="What it does.")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="JSON Schema of the arguments."
+    )
+
+
+class RequestSpec(_Model):
+    """The LLM request itself, in a protocol-neutral form."""
+
+    system: str | None = Field(default=None, max_length=1_000_000, description="System prompt.")
+    messages: list[Message] = Field(
+        min_length=1, max_length=1000, description="Conversation, oldest first."
+    )
+    max_tokens: int = Field(default=256, ge=1, le=1_000_000, description="Output token limit.")
+    temperature: float | None = Field(
+        default=None, ge=0, le=2, description="Sampling temperature; unset: provider default."
+    )
+    tools: list[ToolSpec] = Field(
+        default_factory=list, max_length=128, description="Tools the model may call."
+    )
+
+    def needs_vision(self) -> bool:
+        """Whether any message carries an image."""
+        return any(message.images for message in self.messages)
+
+    def estimated_tokens(self) -> int:
+        """Prompt tokens estimated as characters/4, plus maxTokens. Purely computational."""
+        chars = len(self.system or "") + sum(len(m.content) for m in self.messages)
+        return chars // 4 + self.max_tokens
+
+
+class RoutingSpec(_Model):
+    """Where a task may run."""
+
+    preferred_provider: str = Field(
+        default="auto",
+        max_length=63,
+        description=(
+            "auto (the chain's active order), local (Sovereign providers only), or a "
+            "provider name (first, then the chain's order). Anything else fails safe to local."
+        ),
+    )
+    allow_delegation: bool | None = Field(
+        default=None,
+        description=(
+            "Whether the task may leave Sovereign providers. Unset: the chain's "
+            "taskDefaults.allowDelegation, else false."
+        ),
+    )
+    requires_local: bool = Field(
+        default=False, description="Sovereign providers only, whatever else is said."
+    )
+    complexity_hint: ComplexityHint = Field(
+        default=ComplexityHint.MEDIUM, description="low, medium or high."
+    )
+
+
+class DelegatedTaskSpec(_Model):
+    """A unit of LLM work to run through a ProviderChain in the same namespace."""
+
+    chain: str = Field(
+        min_length=1, max_length=253, description="Name of the ProviderChain to use."
+    )
+    routing: RoutingSpec = Field(
+        default_factory=RoutingSpec, description="Routing preferences and limits."
+    )
+    request: RequestSpec = Field(description="The LLM request.")
+    timeout_seconds: float = Field(
+        default=120.0, gt=0, le=86_400, description="Deadline for the whole task, all attempts."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        le=31_536_000,
+        description="Delete the task this long after it ends. Unset: keep it.",
+    )
+
+
+# --------------------------------------------------------------------------- task status
+
+
+class Decision(_StatusModel):
+    """The routing decision: where the task may run, and why."""
+
+    provider: str = Field(default="", description="First provider to try ('' if none).")
+    reason: str = Field(default="", description="Which routing rule applied, in words.")
+    providers: list[str] = Field(
+        default_factory=list, description="Every eligible provider, in order."
+    )
+
+
+class Attempt(_StatusModel):
+    """One call to one provider."""
+
+    provider: str = Field(description="Provider called.")
+    outcome: str = Field(
+        description=(
+            "Succeeded, TransientError, RateLimited, IncompleteReply, ModelNotFound, "
+            "Unsupported, PermanentError, DeadlineExceeded or Skipped."
+        )
+    )
+    error: str = Field(default="", description="What went wrong, without secrets.")
+    latency_ms: int = Field(default=0, ge=0, description="Duration of the call.")
+    started_at: datetime | None = Field(default=None, description="When the call started.")
+    job_id: str | None = Field(default=None, description="Job id, for jobs providers.")
+
+
+class PendingJob(_StatusModel):
+    """A submitted job being waited on; persisted before waiting so restarts resume."""
+
+    provider: str = Field(description="The jobs provider.")
+    job_id: str = Field(description="Id the job service answered.")
+    idempotency_key: str = Field(description="Key sent with the submission.")
+    attempt: int = Field(ge=1, description="Attempt number of the submission.")
+    submitted_at: datetime | None = Field(default=None, description="When it was submitted.")
+
+
+class TaskResult(_StatusModel):
+    """The answer and what it cost."""
+
+    provider: str = Field(description="Provider that answered.")
+    text: str = Field(default="", description="The answer (empty if in outputConfigMap).")
+    finish_reason: str = Field(default="", description="Why generation stopped (stop, length…).")
+    input_tokens: int = Field(default=0, ge=0, description="Prompt tokens billed.")
+    output_tokens: int = Field(default=0, ge=0, description="Output tokens billed.")
+    cost_usd: float = Field(default=0.0, ge=0, alias="costUSD", description="Cost in USD.")
+    latency_ms: int = Field(default=0, ge=0, description="Time from first attempt to answer.")
+    attempt: int = Field(default=1, ge=1, description="Number of the attempt that answered.")
+    was_terminus: bool = Field(default=False, description="Whether the terminus answered.")
+    output_config_map: str | None = Field(
+        default=None, description="ConfigMap holding the text when too big for status."
+    )
+
+
+class DelegatedTaskStatus(_StatusModel):
+    """Observed state of a DelegatedTask."""
+
+    observed_generation: int | None = Field(
+        default=None, description="metadata.generation this status reflects."
+    )
+    phase: TaskPhase = Field(default=TaskPhase.PENDING, description="Summary for kubectl get.")
+    decision: Decision | None = Field(default=None, description="The routing decision.")
+    attempts: list[Attempt] = Field(default_factory=list, description="Every call made.")
+    attempt_count: int = Field(default=0, ge=0, description="len(attempts), for kubectl get.")
+    pending_job: PendingJob | None = Field(
+        default=None, description="A job submitted and not finished yet."
+    )
+    result: TaskResult | None = Field(default=None, description="The answer, once Succeeded.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Succeeded and Progressing."
+    )
+    start_time: datetime | None = Field(default=None, description="When work started.")
+    completion_time: datetime | None = Field(default=None, description="When the task ended.")

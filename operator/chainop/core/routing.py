@@ -1,0 +1,131 @@
+"""The routing decision: which providers of a chain a task may use, in which order.
+
+DESIGN.md's six rules, in strict precedence:
+
+1. ``requiresLocal: true`` → local only.
+2. ``preferredProvider: local`` → local only.
+3. delegation not allowed (task field, else chain ``taskDefaults``, else false) → local only.
+4. ``preferredProvider`` names a provider of the chain → that one first, then the rest.
+5. ``auto`` or empty → the chain's active order.
+6. anything else → local only, reason ``unknown preferredProvider=X → fail-safe``.
+
+"Local" means ``privacyTier: Sovereign``. The result is a public, scriptable API::
+
+    from chainop.core import models, routing
+    chain = models.ProviderChainSpec.model_validate({...})
+    task = models.DelegatedTaskSpec.model_validate({...})
+    decision = routing.decide(chain, task)
+    decision.providers, decision.reason
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from chainop.core.models import (
+    PRIVACY_ORDER,
+    DelegatedTaskSpec,
+    PrivacyTier,
+    ProviderChainSpec,
+    ProviderSpec,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingDecision:
+    """Eligible providers (names, in order) and the rule that chose them, in words.
+
+    An empty ``providers`` means nothing is eligible; ``reason`` then says why.
+    """
+
+    providers: tuple[str, ...]
+    reason: str
+    rule: int
+    local_only: bool
+
+    @property
+    def provider(self) -> str:
+        """The first provider to try, or '' when none is eligible."""
+        return self.providers[0] if self.providers else ""
+
+
+def _is_local(provider: ProviderSpec) -> bool:
+    return provider.privacy_tier is PrivacyTier.SOVEREIGN
+
+
+def decide(
+    chain: ProviderChainSpec,
+    task: DelegatedTaskSpec,
+    *,
+    active_order: Sequence[str] | None = None,
+) -> RoutingDecision:
+    """Apply the six routing rules. Purely computational, no side effects.
+
+    ``active_order`` is the chain's ``status.activeOrder`` (Excluded providers left out);
+    None means the spec's order. Names in it that the spec does not know are ignored.
+    """
+    by_name = {p.name: p for p in chain.providers}
+    if active_order is None:
+        order = [p.name for p in chain.providers]
+    else:
+        order = [name for name in active_order if name in by_name]
+    routing = task.routing
+    preferred = routing.preferred_provider.strip()
+
+    def local_only(reason: str, rule: int) -> RoutingDecision:
+        names = tuple(name for name in order if _is_local(by_name[name]))
+        if not names:
+            reason = f"{reason}; no Sovereign provider is available in chain {task.chain!r}"
+        return RoutingDecision(providers=names, reason=reason, rule=rule, local_only=True)
+
+    # Rule 1.
+    if routing.requires_local:
+        return local_only("requiresLocal=true", 1)
+    # Rule 2.
+    if preferred == "local":
+        return local_only("preferredProvider=local", 2)
+    # Rule 3.
+    if routing.allow_delegation is not None:
+        allowed, source = routing.allow_delegation, "allowDelegation=false"
+    elif chain.task_defaults.allow_delegation:
+        allowed, source = True, ""
+    else:
+        allowed, source = False, "allowDelegation=false (default)"
+    if not allowed:
+        return local_only(source, 3)
+    # Rule 4.
+    if preferred in by_name:
+        if preferred in order:
+            rest = tuple(name for name in order if name != preferred)
+            return RoutingDecision(
+                providers=(preferred, *rest),
+                reason=f"preferredProvider={preferred}",
+                rule=4,
+                local_only=False,
+            )
+        return RoutingDecision(
+            providers=tuple(order),
+            reason=f"preferredProvider={preferred} is excluded; using the active order",
+            rule=4,
+            local_only=False,
+        )
+    # Rule 5.
+    if preferred in ("", "auto"):
+        reason = "preferredProvider=auto: active order"
+        if not order:
+            reason += "; every provider is excluded"
+        return RoutingDecision(providers=tuple(order), reason=reason, rule=5, local_only=False)
+    # Rule 6.
+    return local_only(f"unknown preferredProvider={preferred} → fail-safe", 6)
+
+
+def effective_privacy_tier(chain: ProviderChainSpec) -> PrivacyTier | None:
+    """The most permissive tier any task could reach through this chain.
+
+    Purely computational. Any task may opt into delegation, and Excluded providers come
+    back on recovery, so every declared provider counts. None only for an empty chain.
+    """
+    tiers = {p.privacy_tier for p in chain.providers}
+    reachable = [tier for tier in PRIVACY_ORDER if tier in tiers]
+    return reachable[-1] if reachable else None
