@@ -65,9 +65,7 @@ def task(routing: dict[str, Any] | None = None, **extra: Any) -> DelegatedTaskSp
 
 def request(**extra: Any) -> RequestSpec:
     """A small request."""
-    return RequestSpec.model_validate(
-        {"messages": [{"role": "user", "content": "hello"}], **extra}
-    )
+    return RequestSpec.model_validate({"messages": [{"role": "user", "content": "hello"}], **extra})
 
 
 def ok(text: str = "hi", **extra: Any) -> Completion:
@@ -113,7 +111,9 @@ class RecordingObserver(ChainObserver):
     def on_attempt(self, provider: ProviderSpec, attempt: Attempt) -> None:
         self.events.append(("attempt", provider.name, attempt.outcome))
 
-    def on_failover(self, from_provider: ProviderSpec, to_provider: ProviderSpec, reason: str) -> None:
+    def on_failover(
+        self, from_provider: ProviderSpec, to_provider: ProviderSpec, reason: str
+    ) -> None:
         self.events.append(("failover", from_provider.name, to_provider.name))
 
     def on_benched(self, provider: ProviderSpec, seconds: float, reason: str) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import pytest
 
 from chainop.core import chain as executor
+from chainop.core import health as health_rules
 from chainop.core.calls import Completion
 from chainop.core.chain import HealthBoard, Resume
 from chainop.core.errors import (
@@ -28,7 +29,6 @@ from chainop.core.errors import (
 )
 from chainop.core.health import ProviderHealth
 from chainop.core.models import Attempt, ProviderState
-from chainop.core import health as health_rules
 from tests.unit.support import (
     Clock,
     RecordingObserver,
@@ -44,7 +44,11 @@ THREE = chain(
     provider("a", "Sovereign"),
     provider("b", "Private"),
     provider("c", "Standard"),
-    health={"failureThreshold": 2, "transientRetries": 1, "cooldown": {"initialSeconds": 5, "maxSeconds": 40}},
+    health={
+        "failureThreshold": 2,
+        "transientRetries": 1,
+        "cooldown": {"initialSeconds": 5, "maxSeconds": 40},
+    },
 )
 
 
@@ -66,7 +70,8 @@ async def run(spec, call, *, board=None, clock=None, eligible=None, **kw):
 async def test_fallback_tries_providers_head_to_tail():
     call = ScriptedCall({"a": [TransientError("HTTP 500")], "b": [TransientError("HTTP 502")]})
     result, _ = await run(THREE, call)
-    assert result.succeeded and result.provider == "c"
+    assert result.succeeded
+    assert result.provider == "c"
     assert call.called() == ["a", "a", "b", "b", "c"]
     assert result.was_terminus
     assert result.attempt == 5
@@ -99,7 +104,8 @@ async def test_terminus_is_always_attempted_even_when_benched():
     call = ScriptedCall()
     result, _ = await run(THREE, call, board=board, clock=clock)
     assert call.called() == ["c"]
-    assert result.succeeded and result.was_terminus
+    assert result.succeeded
+    assert result.was_terminus
 
 
 async def test_terminus_is_the_last_eligible_provider():
@@ -110,11 +116,14 @@ async def test_terminus_is_the_last_eligible_provider():
     # The routing decision left only a and b eligible: b is the terminus.
     result, _ = await run(THREE, call, board=board, clock=clock, eligible=["a", "b"])
     assert call.called() == ["a", "a", "b"]
-    assert result.provider == "b" and result.was_terminus
+    assert result.provider == "b"
+    assert result.was_terminus
 
 
 async def test_transient_error_is_retried_transient_retries_times():
-    spec = chain(provider("a"), provider("b"), health={"transientRetries": 3, "failureThreshold": 10})
+    spec = chain(
+        provider("a"), provider("b"), health={"transientRetries": 3, "failureThreshold": 10}
+    )
     call = ScriptedCall({"a": [TransientError("HTTP 503")]})
     result, board = await run(spec, call)
     assert call.called() == ["a", "a", "a", "a", "b"]
@@ -125,7 +134,8 @@ async def test_transient_error_is_retried_transient_retries_times():
 async def test_transient_retry_then_success_on_the_same_provider():
     call = ScriptedCall({"a": [TransientError("connection reset"), ok("second time")]})
     result, board = await run(THREE, call)
-    assert result.provider == "a" and result.completion.text == "second time"
+    assert result.provider == "a"
+    assert result.completion.text == "second time"
     assert board.get("a").consecutive_failures == 0
 
 
@@ -133,7 +143,11 @@ async def test_every_failed_attempt_counts_and_threshold_benches_and_advances_at
     spec = chain(
         provider("a"),
         provider("b"),
-        health={"failureThreshold": 2, "transientRetries": 5, "cooldown": {"initialSeconds": 5, "maxSeconds": 300}},
+        health={
+            "failureThreshold": 2,
+            "transientRetries": 5,
+            "cooldown": {"initialSeconds": 5, "maxSeconds": 300},
+        },
     )
     clock = Clock()
     observer = RecordingObserver()
@@ -188,7 +202,11 @@ async def test_model_not_found_advances_without_penalty():
 @pytest.mark.parametrize(
     ("capabilities", "req_extra", "why"),
     [
-        ({"vision": False}, {"messages": [{"content": "see", "images": ["http://i/x.png"]}]}, "vision"),
+        (
+            {"vision": False},
+            {"messages": [{"content": "see", "images": ["http://i/x.png"]}]},
+            "vision",
+        ),
         ({"tools": False}, {"tools": [{"name": "lookup"}]}, "tools"),
         ({"contextWindow": 100}, {"maxTokens": 200}, "contextWindow"),
     ],
@@ -231,7 +249,9 @@ async def test_permanent_error_advances_with_advance_on_permanent_error():
 async def test_success_resets_failure_count_and_cooldown_level():
     clock = Clock()
     board = HealthBoard(THREE)
-    board.set(ProviderHealth(name="c", consecutive_failures=7, benchings=3, cooldown_until=clock() + 50))
+    board.set(
+        ProviderHealth(name="c", consecutive_failures=7, benchings=3, cooldown_until=clock() + 50)
+    )
     call = ScriptedCall()
     await run(THREE, call, board=board, clock=clock, eligible=["c"])
     assert board.get("c") == ProviderHealth(name="c")
@@ -241,7 +261,9 @@ async def test_new_benching_never_shortens_a_running_one():
     clock = Clock()
     board = HealthBoard(THREE)
     # c is the terminus, benched for 1000 s by a Retry-After; it fails again.
-    board.set(ProviderHealth(name="c", consecutive_failures=2, benchings=0, cooldown_until=clock() + 1000))
+    board.set(
+        ProviderHealth(name="c", consecutive_failures=2, benchings=0, cooldown_until=clock() + 1000)
+    )
     call = ScriptedCall({"c": [TransientError("HTTP 500")]})
     await run(THREE, call, board=board, clock=clock, eligible=["c"])
     assert board.get("c").cooldown_until == clock() + 1000
@@ -249,7 +271,11 @@ async def test_new_benching_never_shortens_a_running_one():
 
 
 async def test_exempt_provider_is_never_benched():
-    spec = chain(provider("a", exemptFromCooldown=True), provider("b"), health={"failureThreshold": 1, "transientRetries": 0})
+    spec = chain(
+        provider("a", exemptFromCooldown=True),
+        provider("b"),
+        health={"failureThreshold": 1, "transientRetries": 0},
+    )
     clock = Clock()
     board = HealthBoard(spec)
     for _ in range(5):
@@ -290,7 +316,10 @@ async def test_all_failed_joins_every_reason():
     board = HealthBoard(THREE)
     board.set(ProviderHealth(name="b", cooldown_until=clock() + 10, benchings=1))
     call = ScriptedCall(
-        {"a": [ModelNotFoundError("HTTP 404: no model")], "c": [TransientError("connection refused")]}
+        {
+            "a": [ModelNotFoundError("HTTP 404: no model")],
+            "c": [TransientError("connection refused")],
+        }
     )
     result, _ = await run(THREE, call, board=board, clock=clock)
     assert not result.succeeded
@@ -302,7 +331,9 @@ async def test_all_failed_joins_every_reason():
 
 
 async def test_primary_only_tries_the_head_only():
-    spec = chain(provider("a"), provider("b"), strategy="PrimaryOnly", health={"transientRetries": 0})
+    spec = chain(
+        provider("a"), provider("b"), strategy="PrimaryOnly", health={"transientRetries": 0}
+    )
     call = ScriptedCall({"a": [TransientError("HTTP 500")]})
     result, _ = await run(spec, call)
     assert call.called() == ["a"]
@@ -316,7 +347,8 @@ async def test_primary_only_attempts_a_benched_head():
     board.set(ProviderHealth(name="a", cooldown_until=clock() + 60, benchings=1))
     call = ScriptedCall()
     result, _ = await run(spec, call, board=board, clock=clock)
-    assert call.called() == ["a"] and result.was_terminus
+    assert call.called() == ["a"]
+    assert result.was_terminus
 
 
 async def test_round_robin_spreads_tasks_in_turn():
@@ -330,7 +362,13 @@ async def test_round_robin_spreads_tasks_in_turn():
 
 
 async def test_round_robin_falls_back_on_transient_error():
-    spec = chain(provider("a"), provider("b"), provider("c"), strategy="RoundRobin", health={"transientRetries": 0})
+    spec = chain(
+        provider("a"),
+        provider("b"),
+        provider("c"),
+        strategy="RoundRobin",
+        health={"transientRetries": 0},
+    )
     call = ScriptedCall({"b": [TransientError("HTTP 500")]})
     result, _ = await run(spec, call, rotation=1)
     assert call.called() == ["b", "c"]
@@ -353,7 +391,9 @@ async def test_observer_sees_failover_benching_and_spillover():
 
 
 async def test_cost_comes_from_usage_and_prices():
-    spec = chain(provider("a", cost={"inputPerMillionTokens": 0.15, "outputPerMillionTokens": 0.60}))
+    spec = chain(
+        provider("a", cost={"inputPerMillionTokens": 0.15, "outputPerMillionTokens": 0.60})
+    )
     call = ScriptedCall({"a": [Completion(text="x", input_tokens=120, output_tokens=48)]})
     result, _ = await run(spec, call)
     assert result.cost_usd == pytest.approx((120 * 0.15 + 48 * 0.60) / 1e6)
@@ -369,7 +409,8 @@ async def test_cost_reported_by_the_provider_wins():
 async def test_no_eligible_provider_fails_at_once():
     call = ScriptedCall()
     result, _ = await run(THREE, call, eligible=[])
-    assert not result.succeeded and result.failure_reason == "NoEligibleProvider"
+    assert not result.succeeded
+    assert result.failure_reason == "NoEligibleProvider"
     assert call.called() == []
 
 

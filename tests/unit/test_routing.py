@@ -63,11 +63,17 @@ def test_rule2_preferred_local_means_local_only(routing_spec):
         ({"preferredProvider": "openai"}, None, "allowDelegation=false (default)"),
     ],
 )
-def test_rule3_delegation_not_allowed_means_local_only(routing_spec, chain_default, expected_reason):
+def test_rule3_delegation_not_allowed_means_local_only(
+    routing_spec, chain_default, expected_reason
+):
     spec = MIXED
     if chain_default is not None:
         spec = MIXED.model_copy(
-            update={"task_defaults": MIXED.task_defaults.model_copy(update={"allow_delegation": chain_default})}
+            update={
+                "task_defaults": MIXED.task_defaults.model_copy(
+                    update={"allow_delegation": chain_default}
+                )
+            }
         )
     decision = routing.decide(spec, task(routing_spec))
     assert decision.providers == LOCALS
@@ -76,7 +82,10 @@ def test_rule3_delegation_not_allowed_means_local_only(routing_spec, chain_defau
 
 
 def test_rule3_chain_task_defaults_allow_delegation_when_task_is_silent():
-    spec = chain(*[p.model_dump(by_alias=True) for p in MIXED.providers], taskDefaults={"allowDelegation": True})
+    spec = chain(
+        *[p.model_dump(by_alias=True) for p in MIXED.providers],
+        taskDefaults={"allowDelegation": True},
+    )
     decision = routing.decide(spec, task({}))
     assert decision.providers == ALL
     assert decision.rule == 5
@@ -91,7 +100,9 @@ def test_rule3_chain_task_defaults_allow_delegation_when_task_is_silent():
     ],
 )
 def test_rule4_named_provider_first_then_chain_order(preferred, expected):
-    decision = routing.decide(MIXED, task({"preferredProvider": preferred, "allowDelegation": True}))
+    decision = routing.decide(
+        MIXED, task({"preferredProvider": preferred, "allowDelegation": True})
+    )
     assert decision.providers == expected
     assert decision.reason == f"preferredProvider={preferred}"
     assert decision.rule == 4
@@ -125,7 +136,9 @@ def test_rule5_without_status_uses_spec_order():
 
 @pytest.mark.parametrize("preferred", ["opneai", "OpenAI", "gpt-4o", "local-vllm2"])
 def test_rule6_unknown_preferred_provider_fails_safe_to_local(preferred):
-    decision = routing.decide(MIXED, task({"preferredProvider": preferred, "allowDelegation": True}))
+    decision = routing.decide(
+        MIXED, task({"preferredProvider": preferred, "allowDelegation": True})
+    )
     assert decision.providers == LOCALS
     assert decision.reason == f"unknown preferredProvider={preferred} → fail-safe"
     assert decision.rule == 6
@@ -155,7 +168,10 @@ def test_public_api_from_camelcase_dicts():
     from chainop.core.models import DelegatedTaskSpec, ProviderChainSpec
 
     spec = ProviderChainSpec.model_validate(
-        {"providers": [provider("x", "Sovereign"), provider("y")], "taskDefaults": {"allowDelegation": True}}
+        {
+            "providers": [provider("x", "Sovereign"), provider("y")],
+            "taskDefaults": {"allowDelegation": True},
+        }
     )
     work = DelegatedTaskSpec.model_validate(
         {"chain": "c", "request": {"messages": [{"role": "user", "content": "q"}]}}

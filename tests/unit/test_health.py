@@ -1,0 +1,204 @@
+"""We test these aspects: DESIGN.md's "Health and self-healing" as pure transitions.
+
+* probe mode: Active for Sovereign providers, Passive for the others, unless set;
+* ``unhealthyThreshold`` failed probes make a provider Unhealthy; a success clears it;
+* the five states and their precedence;
+* exclusion takes a provider out of ``activeOrder``; restore puts it back in place;
+* restarts: once in flight, never more than ``maxRestartsPerHour``;
+* recovery probes back off exponentially, capped;
+* failures while an ordered restart is under way cost no penalty;
+* the bookkeeping survives a round trip through status (operator restarts resume it).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from chainop.core import healing
+from chainop.core import health as rules
+from chainop.core.health import ProviderHealth
+from chainop.core.models import CooldownSpec, ProbeMode, ProviderState, RecoverySpec
+from tests.unit.support import T0, chain, provider
+
+RECOVERY = RecoverySpec(initial_seconds=30, max_seconds=300)
+
+
+@pytest.mark.parametrize(
+    ("tier", "chain_mode", "expected"),
+    [
+        ("Sovereign", None, ProbeMode.ACTIVE),
+        ("Private", None, ProbeMode.PASSIVE),
+        ("Standard", None, ProbeMode.PASSIVE),
+        ("Standard", "Active", ProbeMode.ACTIVE),
+        ("Sovereign", "Passive", ProbeMode.PASSIVE),
+    ],
+)
+def test_probe_mode_active_for_sovereign_passive_for_others(tier, chain_mode, expected):
+    probe = {} if chain_mode is None else {"mode": chain_mode}
+    spec = chain(provider("p", tier), health={"probe": probe})
+    assert spec.probe_mode(spec.providers[0]) is expected
+
+
+def test_unhealthy_after_unhealthy_threshold_failed_probes():
+    health = ProviderHealth(name="p")
+    states = []
+    for step in range(3):
+        health = rules.record_probe(
+            health, now=T0 + step, ok=False, error="connection refused", unhealthy_threshold=3
+        )
+        states.append(rules.state_of(health, now=T0 + step))
+    assert states == [ProviderState.DEGRADED, ProviderState.DEGRADED, ProviderState.UNHEALTHY]
+
+
+def test_successful_probe_clears_unhealthy():
+    health = ProviderHealth(name="p", unhealthy=True, consecutive_probe_failures=5)
+    health = rules.record_probe(health, now=T0, ok=True, latency_ms=3, unhealthy_threshold=3)
+    assert rules.state_of(health, now=T0) is ProviderState.HEALTHY
+    assert health.last_probe_latency_ms == 3
+
+
+def test_slow_probe_is_degraded():
+    health = rules.record_probe(
+        ProviderHealth(name="p"),
+        now=T0,
+        ok=True,
+        latency_ms=900,
+        unhealthy_threshold=3,
+        slow_ms=500,
+    )
+    assert rules.state_of(health, now=T0) is ProviderState.DEGRADED
+
+
+@pytest.mark.parametrize(
+    ("health", "expected"),
+    [
+        (ProviderHealth(name="p"), ProviderState.HEALTHY),
+        (ProviderHealth(name="p", consecutive_failures=1), ProviderState.DEGRADED),
+        (ProviderHealth(name="p", cooldown_until=T0 + 1, benchings=1), ProviderState.COOLING_DOWN),
+        (ProviderHealth(name="p", cooldown_until=T0 - 1, benchings=1), ProviderState.HEALTHY),
+        (ProviderHealth(name="p", unhealthy=True, cooldown_until=T0 + 9), ProviderState.UNHEALTHY),
+        (ProviderHealth(name="p", unhealthy=True, excluded_since=T0), ProviderState.EXCLUDED),
+    ],
+)
+def test_provider_states_and_their_precedence(health, expected):
+    assert rules.state_of(health, now=T0) is expected
+
+
+def test_exclusion_takes_it_out_of_active_order_and_restore_puts_it_back_in_place():
+    order = ["a", "b", "c"]
+    boards = {n: ProviderHealth(name=n) for n in order}
+    boards["b"] = healing.exclude(boards["b"], now=T0, recovery=RECOVERY)
+    assert healing.active_order(order, boards.values()) == ["a", "c"]
+    assert rules.state_of(boards["b"], now=T0) is ProviderState.EXCLUDED
+    boards["b"] = healing.restore(boards["b"], now=T0 + 30, latency_ms=4)
+    assert healing.active_order(order, boards.values()) == ["a", "b", "c"]
+    assert rules.state_of(boards["b"], now=T0 + 30) is ProviderState.HEALTHY
+
+
+def test_exclusion_is_idempotent():
+    once = healing.exclude(ProviderHealth(name="p"), now=T0, recovery=RECOVERY)
+    assert healing.exclude(once, now=T0 + 99, recovery=RECOVERY) == once
+
+
+def test_recovery_probes_back_off_exponentially_capped():
+    health = healing.exclude(ProviderHealth(name="p"), now=T0, recovery=RECOVERY)
+    assert health.next_recovery_time == T0 + 30
+    assert not healing.recovery_due(health, now=T0 + 29)
+    assert healing.recovery_due(health, now=T0 + 30)
+    delays = []
+    now = T0 + 30
+    for _ in range(6):
+        health = healing.recovery_failed(health, now=now, recovery=RECOVERY, error="refused")
+        delays.append(health.next_recovery_time - now)
+        now = health.next_recovery_time
+    assert delays == [60, 120, 240, 300, 300, 300]
+
+
+def test_restart_only_once_in_flight():
+    ledger = healing.record_restart(healing.RestartLedger(), now=T0)
+    verdict = healing.may_restart(ledger, now=T0 + 10, max_per_hour=3, grace_seconds=300)
+    assert not verdict.allowed
+    assert verdict.reason == "RestartInFlight"
+    settled = healing.restart_settled(ledger)
+    assert healing.may_restart(settled, now=T0 + 10, max_per_hour=3, grace_seconds=300).allowed
+
+
+def test_restart_in_flight_expires_after_grace():
+    ledger = healing.record_restart(healing.RestartLedger(), now=T0)
+    assert healing.may_restart(ledger, now=T0 + 301, max_per_hour=3, grace_seconds=300).allowed
+
+
+def test_never_more_than_max_restarts_per_hour():
+    ledger = healing.RestartLedger()
+    now = T0
+    granted = 0
+    for _ in range(10):
+        if healing.may_restart(ledger, now=now, max_per_hour=3, grace_seconds=60).allowed:
+            ledger = healing.restart_settled(healing.record_restart(ledger, now=now))
+            granted += 1
+        now += 120
+    # 10 tries over 20 minutes: 3 granted.
+    assert granted == 3
+    verdict = healing.may_restart(ledger, now=now, max_per_hour=3, grace_seconds=60)
+    assert verdict.reason == "RestartBudgetExhausted"
+    # An hour after the first restart, the budget frees up again.
+    assert healing.may_restart(ledger, now=T0 + 3600, max_per_hour=3, grace_seconds=60).allowed
+
+
+def test_zero_restarts_per_hour_disables_restarts():
+    verdict = healing.may_restart(healing.RestartLedger(), now=T0, max_per_hour=0, grace_seconds=1)
+    assert verdict.reason == "RestartsDisabled"
+
+
+def test_failures_during_an_ordered_restart_cost_no_penalty():
+    health = ProviderHealth(name="p", consecutive_probe_failures=3, unhealthy=True)
+    after = rules.record_probe(
+        health, now=T0, ok=False, error="refused", unhealthy_threshold=3, restart_in_flight=True
+    )
+    assert after.consecutive_probe_failures == 3
+    outcome = rules.record_failure(
+        ProviderHealth(name="p"),
+        now=T0,
+        error="refused",
+        failure_threshold=1,
+        cooldown=CooldownSpec(),
+        restart_in_flight=True,
+    )
+    assert not outcome.benched
+    assert outcome.health.consecutive_failures == 0
+
+
+def test_note_restart_counts_on_the_provider():
+    health = healing.note_restart(ProviderHealth(name="p"), now=T0)
+    assert (health.restarts, health.last_restart_time) == (1, T0)
+
+
+def test_state_survives_a_round_trip_through_status():
+    health = ProviderHealth(
+        name="p",
+        consecutive_failures=2,
+        benchings=3,
+        cooldown_until=T0 + 40,
+        consecutive_probe_failures=4,
+        unhealthy=True,
+        last_error="HTTP 503",
+        last_probe_time=T0 - 1,
+        last_probe_latency_ms=12,
+        excluded_since=T0 - 5,
+        restarts=1,
+        last_restart_time=T0 - 4,
+        recovery_attempts=2,
+        next_recovery_time=T0 + 60,
+    )
+    status = rules.to_status(health, now=T0)
+    assert status.state is ProviderState.EXCLUDED
+    wire = status.model_dump(by_alias=True, mode="json")
+    assert wire["cooldownUntil"].startswith("2027-")
+    from chainop.core.models import ProviderStatus
+
+    assert rules.from_status(ProviderStatus.model_validate(wire)) == health
+
+
+def test_expired_cooldown_is_not_shown_in_status():
+    health = ProviderHealth(name="p", benchings=1, cooldown_until=T0 - 1)
+    assert rules.to_status(health, now=T0).cooldown_until is None
