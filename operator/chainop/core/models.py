@@ -209,8 +209,11 @@ class ProviderSpec(_Model):
     endpoint: str = Field(
         min_length=1,
         max_length=2048,
-        pattern=r"^https?://[^\s]+$",
-        description="Base URL, e.g. http://vllm.team-a.svc:8000/v1 or https://api.openai.com/v1.",
+        pattern=r"^https?://[^\s/@?#]+(/[^\s?#]*)?$",
+        description=(
+            "Base URL, e.g. http://vllm.team-a.svc:8000/v1 or https://api.openai.com/v1. "
+            "No user:password@, query or fragment: credentials belong in apiKeySecretRef."
+        ),
     )
     model: str = Field(
         min_length=1, max_length=256, description="Model name sent with every request."
