@@ -1,0 +1,124 @@
+"""The ``chainop`` command: ``run`` the operator, print the ``crds``, show the ``version``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import chainop
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (kept separate so docs and tests can inspect it)."""
+    parser = argparse.ArgumentParser(
+        prog="chainop",
+        description="Keeps LLM provider chains healthy and routes LLM work through them.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the operator against the current kubeconfig/cluster")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="watch this namespace (repeatable; globs like team-* allowed)",
+    )
+    scope.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="watch every namespace (the default when no --namespace is given)",
+    )
+    run.add_argument(
+        "--peering",
+        metavar="NAME",
+        default=None,
+        help="run with kopf peering NAME (for several replicas; needs the peering CRDs)",
+    )
+    run.add_argument("--metrics-port", type=int, default=9090, help="port of /metrics; 0 disables")
+    run.add_argument("--metrics-address", default="0.0.0.0", help="address of /metrics")
+    run.add_argument(
+        "--liveness",
+        metavar="URL",
+        default=None,
+        help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz",
+    )
+    run.add_argument(
+        "--transport",
+        choices=["aiohttp", "httpx"],
+        default="aiohttp",
+        help="HTTP transport for provider calls",
+    )
+    run.add_argument("--tick", type=float, default=0.25, help="health loop cadence, seconds")
+    run.add_argument(
+        "--max-concurrent-tasks", type=int, default=512, help="tasks executed at the same time"
+    )
+    run.add_argument("--log-format", choices=["plain", "full", "json"], default="full")
+    run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    sub.add_parser("crds", help="print the CustomResourceDefinitions (YAML)")
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the operator (blocks until it is stopped)."""
+    import kopf
+
+    from chainop.operator import handlers  # noqa: F401  (registers the handlers)
+    from chainop.operator.config import OperatorConfig
+    from chainop.redact import install_log_filter
+
+    fmt = {
+        "plain": kopf.LogFormat.PLAIN,
+        "full": kopf.LogFormat.FULL,
+        "json": kopf.LogFormat.JSON,
+    }[args.log_format]
+    kopf.configure(verbose=args.verbose, log_format=fmt)
+    install_log_filter()
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    config = OperatorConfig(
+        namespaces=tuple(args.namespace),
+        metrics_port=args.metrics_port or None,
+        metrics_address=args.metrics_address,
+        liveness_endpoint=args.liveness,
+        peering=args.peering,
+        tick_seconds=args.tick,
+        max_concurrent_tasks=args.max_concurrent_tasks,
+        transport=args.transport,
+        log_format=args.log_format,
+        verbose=args.verbose,
+    )
+    kopf.run(
+        clusterwide=not config.namespaces,
+        namespaces=config.namespaces,
+        standalone=config.peering is None,
+        peering_name=config.peering,
+        liveness_endpoint=config.liveness_endpoint,
+        memo=kopf.Memo(config=config),
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``chainop`` console script."""
+    args = build_parser().parse_args(argv)
+    if args.command == "version":
+        print(f"chainop {chainop.__version__}")
+        return 0
+    if args.command == "crds":
+        from chainop import crds
+
+        sys.stdout.write(crds.render_yaml())
+        return 0
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

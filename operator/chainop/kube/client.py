@@ -1,0 +1,284 @@
+"""Async access to the Kubernetes API for what kopf does not do for us.
+
+kopf watches our resources; everything else chainop reads or writes — Secrets,
+Deployments, status patches from background loops, owned ConfigMaps, Events, TTL
+deletions — goes through ``KubeClient``. It wraps the official (synchronous) client and
+runs every call in a worker thread (``asyncio.to_thread``) so handlers never block the
+event loop. Errors come out as ``KubeError`` with the HTTP status, never with request
+headers (which would carry the bearer token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar, cast
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from chainop.core.models import GROUP, VERSION
+
+log = logging.getLogger(__name__)
+
+CHAINS = "providerchains"
+TASKS = "delegatedtasks"
+EVENT_MESSAGE_LIMIT = 1000
+
+T = TypeVar("T")
+
+
+class KubeError(Exception):
+    """An API call failed; ``status`` is the HTTP status (0 when the server was unreachable)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def not_found(self) -> bool:
+        """The object does not exist."""
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        """A precondition (resourceVersion, uid) or an existing name got in the way."""
+        return self.status == 409
+
+
+class SecretError(Exception):
+    """A Secret or one of its keys is missing or unreadable; ``reason`` is CamelCase."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """What an Event is about."""
+
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+    uid: str = ""
+
+
+def _message_of(error: ApiException) -> str:
+    """The API server's own message from an error body, without headers."""
+    body = error.body
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if isinstance(body, str) and body.startswith("{"):
+        import json
+
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return body[:300]
+        if isinstance(parsed, dict):
+            return str(parsed.get("message", ""))[:300]
+    return str(body or error.reason or "")[:300]
+
+
+def load_api_client(*, kubeconfig: str | None = None, pool_size: int = 32) -> k8s.ApiClient:
+    """An ApiClient from in-cluster config, else ``kubeconfig``/``$KUBECONFIG``."""
+    configuration = k8s.Configuration()
+    try:
+        if kubeconfig:
+            raise k8s_config.ConfigException("explicit kubeconfig")
+        k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=configuration
+        )
+    configuration.connection_pool_maxsize = pool_size
+    return k8s.ApiClient(configuration)
+
+
+class KubeClient:
+    """The few API calls chainop makes itself, each run in a worker thread."""
+
+    def __init__(self, api_client: k8s.ApiClient, *, component: str = "chainop") -> None:
+        self.api_client = api_client
+        self.core = k8s.CoreV1Api(api_client)
+        self.apps = k8s.AppsV1Api(api_client)
+        self.custom = k8s.CustomObjectsApi(api_client)
+        self.component = component
+        self.writes = 0
+
+    async def _call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except ApiException as error:
+            raise KubeError(
+                error.status or 0, str(error.reason or ""), _message_of(error)
+            ) from None
+        except OSError as error:  # connection refused while the API server restarts
+            raise KubeError(0, "Unreachable", str(error)[:300]) from None
+
+    # ----------------------------------------------------------------- secrets
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> str:
+        """The value of one key of a Secret in ``namespace``; raises ``SecretError``.
+
+        The value is returned to the caller only; it is never logged or put in messages.
+        """
+        try:
+            secret = await self._call(self.core.read_namespaced_secret, name, namespace)
+        except KubeError as error:
+            if error.not_found:
+                raise SecretError(
+                    "SecretNotFound", f"Secret {name!r} not found in namespace {namespace!r}"
+                ) from None
+            if error.status == 403:
+                raise SecretError(
+                    "SecretForbidden", f"not allowed to read Secret {name!r} in {namespace!r}"
+                ) from None
+            raise
+        data: Mapping[str, bytes | str] = secret.data or {}
+        if key not in data:
+            raise SecretError(
+                "SecretKeyNotFound", f"Secret {name!r} has no key {key!r} (namespace {namespace!r})"
+            )
+        try:
+            value = base64.b64decode(data[key]).decode("utf-8").strip()
+        except (binascii.Error, UnicodeDecodeError):
+            raise SecretError(
+                "SecretKeyInvalid", f"key {key!r} of Secret {name!r} is not UTF-8 text"
+            ) from None
+        if not value:
+            raise SecretError("SecretKeyEmpty", f"key {key!r} of Secret {name!r} is empty")
+        return value
+
+    # ----------------------------------------------------------------- deployments
+
+    async def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Deployment as a dict, or None if it does not exist."""
+        try:
+            obj = await self._call(self.apps.read_namespaced_deployment, name, namespace)
+        except KubeError as error:
+            if error.not_found:
+                return None
+            raise
+        result: dict[str, Any] = self.api_client.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+        return result
+
+    async def patch_deployment(
+        self, namespace: str, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Merge-patch a Deployment. Put ``metadata.resourceVersion`` in ``patch`` to make it
+        conditional (a 409 then means someone else changed it first)."""
+        self.writes += 1
+        obj = await self._call(
+            self.apps.patch_namespaced_deployment,
+            name,
+            namespace,
+            patch,
+        )
+        result: dict[str, Any] = self.api_client.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+        return result
+
+    # ----------------------------------------------------------------- our resources
+
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> None:
+        """Merge-patch ``.status`` of a ProviderChain or DelegatedTask."""
+        self.writes += 1
+        await self._call(
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            {"status": status},
+        )
+
+    async def get_object(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """One of our objects, or None."""
+        try:
+            obj = await self._call(
+                self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
+            )
+        except KubeError as error:
+            if error.not_found:
+                return None
+            raise
+        return cast(dict[str, Any], obj)
+
+    async def delete_task(self, namespace: str, name: str, *, uid: str) -> bool:
+        """Delete a DelegatedTask, only if it is still the one with ``uid``; False if gone."""
+        self.writes += 1
+        try:
+            await self._call(
+                self.custom.delete_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                TASKS,
+                name,
+                body={"preconditions": {"uid": uid}, "propagationPolicy": "Background"},
+            )
+        except KubeError as error:
+            if error.not_found or error.conflict:
+                return False
+            raise
+        return True
+
+    async def apply_configmap(self, namespace: str, body: dict[str, Any]) -> None:
+        """Create a ConfigMap, replacing one of the same name (a retried task result)."""
+        self.writes += 1
+        try:
+            await self._call(self.core.create_namespaced_config_map, namespace, body)
+        except KubeError as error:
+            if not error.conflict:
+                raise
+            await self._call(
+                self.core.replace_namespaced_config_map,
+                body["metadata"]["name"],
+                namespace,
+                body,
+            )
+
+    # ----------------------------------------------------------------- events
+
+    async def post_event(self, ref: ObjectRef, *, type: str, reason: str, message: str) -> None:
+        """Record a core/v1 Event about ``ref``. Failures are logged, never raised:
+        an Event is worth less than the work it describes."""
+        now = datetime.now(tz=UTC)
+        body = {
+            "metadata": {"generateName": f"{ref.name}.", "namespace": ref.namespace},
+            "involvedObject": {
+                "apiVersion": ref.api_version,
+                "kind": ref.kind,
+                "name": ref.name,
+                "namespace": ref.namespace,
+                "uid": ref.uid or None,
+            },
+            "type": type,
+            "reason": reason,
+            "message": message[:EVENT_MESSAGE_LIMIT],
+            "source": {"component": self.component},
+            "reportingComponent": self.component,
+            "reportingInstance": self.component,
+            "firstTimestamp": now.isoformat(),
+            "lastTimestamp": now.isoformat(),
+            "count": 1,
+        }
+        self.writes += 1
+        try:
+            await self._call(self.core.create_namespaced_event, ref.namespace, body)
+        except KubeError as error:
+            log.warning("could not record event %s on %s/%s: %s", reason, ref.kind, ref.name, error)

@@ -1,0 +1,130 @@
+"""Every Prometheus metric chainop exports, in one place (documented in docs/operations.md).
+
+Labels never carry secrets: provider and chain names, namespaces, outcomes and states
+only — never endpoints with credentials, never API keys. Metrics live in their own
+``CollectorRegistry`` so tests and benchmarks can start fresh ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from chainop.core.models import ProviderState
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    """The metric families; one instance per operator process."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.provider_requests = Counter(
+            "chainop_provider_requests_total",
+            "Calls to providers made for DelegatedTasks, by outcome "
+            "(Succeeded, TransientError, RateLimited, IncompleteReply, ModelNotFound, "
+            "Unsupported, PermanentError, DeadlineExceeded, Skipped).",
+            ["namespace", "chain", "provider", "outcome"],
+            registry=r,
+        )
+        self.provider_latency = Histogram(
+            "chainop_provider_request_duration_seconds",
+            "Duration of calls to providers, by outcome.",
+            ["namespace", "chain", "provider", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.failovers = Counter(
+            "chainop_failovers_total",
+            "Times a task moved on from one provider to the next.",
+            ["namespace", "chain", "from_provider", "to_provider"],
+            registry=r,
+        )
+        self.spillovers = Counter(
+            "chainop_spillovers_total",
+            "Failovers from a Sovereign provider to a non-Sovereign one.",
+            ["namespace", "chain", "from_provider", "to_provider"],
+            registry=r,
+        )
+        self.benchings = Counter(
+            "chainop_benchings_total",
+            "Times a provider was benched (put in cooldown).",
+            ["namespace", "chain", "provider"],
+            registry=r,
+        )
+        self.provider_state = Gauge(
+            "chainop_provider_state",
+            "1 for the provider's current state, 0 for the others.",
+            ["namespace", "chain", "provider", "state"],
+            registry=r,
+        )
+        self.exclusions = Counter(
+            "chainop_exclusions_total",
+            "Times self-healing excluded a provider from its chain's active order.",
+            ["namespace", "chain", "provider"],
+            registry=r,
+        )
+        self.restores = Counter(
+            "chainop_restores_total",
+            "Times an excluded provider recovered and was restored.",
+            ["namespace", "chain", "provider"],
+            registry=r,
+        )
+        self.restarts = Counter(
+            "chainop_backend_restarts_total",
+            "Backend Deployment restarts chainop ordered.",
+            ["namespace", "deployment"],
+            registry=r,
+        )
+        self.probes = Counter(
+            "chainop_probes_total",
+            "Active health probes, by result (one per distinct endpoint+model).",
+            ["result"],
+            registry=r,
+        )
+        self.tasks = Counter(
+            "chainop_tasks_total",
+            "DelegatedTasks that reached a final phase (Succeeded or Failed).",
+            ["namespace", "phase"],
+            registry=r,
+        )
+        self.tasks_in_flight = Gauge(
+            "chainop_tasks_in_flight",
+            "DelegatedTasks being executed right now.",
+            registry=r,
+        )
+        self.task_duration = Histogram(
+            "chainop_task_duration_seconds",
+            "From the start of execution to the final phase, all attempts included.",
+            ["namespace", "phase"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.status_writes = Counter(
+            "chainop_status_writes_total",
+            "Status patches chainop sent to the API server, by resource kind.",
+            ["kind"],
+            registry=r,
+        )
+
+    def set_provider_state(
+        self, *, namespace: str, chain: str, provider: str, state: ProviderState
+    ) -> None:
+        """Set the state gauge: 1 for ``state``, 0 for every other state."""
+        for candidate in ProviderState:
+            self.provider_state.labels(namespace, chain, provider, candidate.value).set(
+                1.0 if candidate is state else 0.0
+            )
+
+    def forget_provider(self, *, namespace: str, chain: str, provider: str) -> None:
+        """Drop the state series of a provider that left its chain."""
+        for candidate in ProviderState:
+            with contextlib.suppress(KeyError):
+                self.provider_state.remove(namespace, chain, provider, candidate.value)
+
+    def serve(self, port: int, *, address: str = "0.0.0.0") -> None:
+        """Expose ``/metrics`` on ``port`` (a daemon thread of prometheus_client)."""
+        start_http_server(port, addr=address, registry=self.registry)

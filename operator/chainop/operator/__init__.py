@@ -1,0 +1,1 @@
+"""kopf wiring: thin handlers that parse, call the core, and patch status."""

@@ -1,0 +1,43 @@
+"""The operator's own settings, built once from the command line (``chainop run``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorConfig:
+    """Knobs of one operator process. Defaults suit production; tests shorten the loops."""
+
+    #: Namespaces to watch; empty means every namespace (cluster-wide).
+    namespaces: tuple[str, ...] = ()
+    #: Port of the Prometheus ``/metrics`` endpoint; None disables it.
+    metrics_port: int | None = 9090
+    metrics_address: str = "0.0.0.0"
+    #: kopf liveness endpoint, e.g. ``http://0.0.0.0:8080/healthz``; None disables it.
+    liveness_endpoint: str | None = None
+    #: kopf peering name; None runs standalone (one replica).
+    peering: str | None = None
+    #: Cadence of the health loop (probes due, self-healing, status flushes).
+    tick_seconds: float = 0.25
+    #: When only probe times changed, refresh a chain's status at most this often.
+    status_refresh_seconds: float = 60.0
+    #: Re-check Secrets and Deployments of Ready chains this often (NotReady: 5 s).
+    revalidate_seconds: float = 60.0
+    revalidate_not_ready_seconds: float = 5.0
+    #: A task still running after this long gets a ``Running`` status write; faster
+    #: tasks go straight to their final status (one write instead of two).
+    running_status_delay: float = 0.25
+    #: Answers longer than this (UTF-8 bytes) go to an owned ConfigMap.
+    max_status_text_bytes: int = 16 * 1024
+    #: Answers longer than this cannot be stored at all (a ConfigMap holds < 1 MiB).
+    max_result_bytes: int = 900 * 1024
+    #: DelegatedTasks executed at the same time by this process.
+    max_concurrent_tasks: int = 512
+    #: httpx transport for provider calls: "aiohttp" (faster under load) or "httpx".
+    transport: str = "aiohttp"
+    #: A probe slower than this fraction of its timeout marks the provider Degraded.
+    slow_probe_fraction: float = 0.5
+    #: Log format: "plain" or "json".
+    log_format: str = "plain"
+    verbose: bool = False

@@ -1,0 +1,83 @@
+"""kopf wiring: startup builds the Runtime; watch events go to it. Nothing else here.
+
+chainop reacts to raw watch events (``kopf.on.event``) rather than kopf's change
+handlers: its state lives in ``.status`` (decided and written by chainop itself), so it
+needs none of kopf's per-object progress annotations, finalizers or diff-base — each of
+which would cost an extra API write per object. kopf still gives us watching with
+reconnects, per-object serial delivery, peering and the liveness endpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from chainop.core.models import GROUP, VERSION
+from chainop.kube.client import CHAINS, TASKS, KubeClient, load_api_client
+from chainop.metrics import Metrics
+from chainop.operator.config import OperatorConfig
+from chainop.operator.runtime import Runtime
+from chainop.operator.tasks import TaskRunner
+from chainop.providers.registry import ProviderClients
+from chainop.redact import install_log_filter
+
+log = logging.getLogger(__name__)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Build the Runtime from the config the CLI put in ``memo`` and start its loop."""
+    config: OperatorConfig = memo.get("config") or OperatorConfig()
+    install_log_filter()
+    settings.posting.enabled = False  # our Events are posted by Runtime.event
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.error_backoffs = [0.5, 1, 2, 3, 5]
+    if config.peering:
+        settings.peering.name = config.peering
+        settings.peering.mandatory = True
+    metrics = Metrics()
+    if config.metrics_port is not None:
+        metrics.serve(config.metrics_port, address=config.metrics_address)
+    kube = KubeClient(load_api_client())
+    clients = ProviderClients(transport=config.transport)  # type: ignore[arg-type]
+    runtime = Runtime(config=config, kube=kube, clients=clients, metrics=metrics)
+    memo["runtime"] = runtime
+    memo["tasks"] = TaskRunner(runtime)
+    runtime.spawn(runtime.run(), name="health-loop")
+    log.info(
+        "chainop started: namespaces=%s metrics=%s transport=%s",
+        ",".join(config.namespaces) or "*",
+        config.metrics_port,
+        config.transport,
+    )
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    """Stop background work and close the shared HTTP client."""
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is not None:
+        await runtime.close()
+        await runtime.clients.aclose()
+
+
+@kopf.on.event(GROUP, VERSION, CHAINS)
+async def chain_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Every watch event of a ProviderChain."""
+    runtime: Runtime = memo["runtime"]
+    body: dict[str, Any] = dict(event["object"])
+    await runtime.chain_event(body, deleted=event.get("type") == "DELETED")
+
+
+@kopf.on.event(GROUP, VERSION, TASKS)
+async def task_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Every watch event of a DelegatedTask (execution runs in the background)."""
+    tasks: TaskRunner = memo["tasks"]
+    body: dict[str, Any] = dict(event["object"])
+    tasks.on_event(body, deleted=event.get("type") == "DELETED")

@@ -1,0 +1,599 @@
+"""The operator's live state: chains, their health, probes, self-healing, status writes.
+
+One ``Runtime`` per operator process, created on kopf's startup and kept in ``memo``.
+kopf feeds it watch events (``chains.on_event``/``tasks.on_event`` in handlers.py); one
+background loop (``run``) does everything level-based on a short tick:
+
+* probes: one per distinct (type, endpoint, model) that some chain probes actively,
+  its result shared by every chain naming it;
+* self-healing: Unhealthy → Excluded → restart the backend Deployment (once, within the
+  budget, see restarts.py) → recovery probes with backoff → restore;
+* status: each chain's status is rebuilt from its ``HealthBoard`` and written only when
+  its significant part changed (probe times alone refresh at most once a minute), one
+  patch per chain per tick however many things changed;
+* revalidation: Secrets and Deployments are read again now and then, so a chain that
+  was NotReady for a missing Secret becomes Ready once the Secret exists.
+
+Decisions are the core's (pure); this module only moves data between them and the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from chainop.core import healing, status
+from chainop.core import health as health_rules
+from chainop.core.chain import HealthBoard
+from chainop.core.errors import ProviderError
+from chainop.core.health import ProviderHealth
+from chainop.core.models import (
+    API_VERSION,
+    Condition,
+    ProbeMode,
+    ProviderChainSpec,
+    ProviderChainStatus,
+    ProviderSpec,
+)
+from chainop.kube.client import CHAINS, KubeClient, KubeError, ObjectRef, SecretError
+from chainop.metrics import Metrics
+from chainop.operator.config import OperatorConfig
+from chainop.operator.restarts import RestartManager
+from chainop.providers.registry import ProviderClients
+from chainop.redact import REDACTOR
+
+log = logging.getLogger(__name__)
+
+ProbeKey = tuple[str, str, str]  # (type, endpoint, model)
+
+
+def probe_key(provider: ProviderSpec) -> ProbeKey:
+    """Providers with the same key share one probe."""
+    return (provider.type.value, provider.endpoint.rstrip("/"), provider.model)
+
+
+def validation_message(error: ValidationError) -> str:
+    """A ValidationError as one line naming each bad field in camelCase."""
+    parts = []
+    for item in error.errors()[:5]:
+        where = ".".join(str(p) for p in item.get("loc", ()))
+        parts.append(
+            f"spec.{where}: {item.get('msg', 'invalid')}" if where else item.get("msg", "")
+        )
+    more = len(error.errors()) - 5
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+@dataclass
+class ChainRuntime:
+    """What the operator knows about one ProviderChain."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int | None = None
+    spec: ProviderChainSpec | None = None
+    board: HealthBoard | None = None
+    api_keys: dict[str, str | None] = field(default_factory=dict)
+    #: (reason, message) when the chain cannot be used; None when valid.
+    invalid: tuple[str, str] | None = ("Pending", "not validated yet")
+    conditions: list[Condition] = field(default_factory=list)
+    rotation: int = 0
+    written: dict[str, Any] | None = None
+    written_at: float = 0.0
+    validated_at: float = 0.0
+    restart_notices: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> ObjectRef:
+        """This chain as the subject of Events."""
+        return ObjectRef(API_VERSION, "ProviderChain", self.namespace, self.name, self.uid)
+
+    @property
+    def ready(self) -> bool:
+        """Whether tasks may use the chain."""
+        return self.invalid is None and self.spec is not None and self.board is not None
+
+    def active_order(self) -> list[str]:
+        """Provider names in use, in order (Excluded left out)."""
+        if self.spec is None or self.board is None:
+            return []
+        return healing.active_order([p.name for p in self.spec.providers], self.board.all())
+
+    def build_status(self, *, now: float) -> ProviderChainStatus:
+        """The status to write, from spec, health and validation."""
+        if self.spec is None or self.board is None:
+            reason, message = self.invalid or ("Pending", "")
+            return status.invalid_chain_status(
+                reason=reason,
+                message=message,
+                now=now,
+                generation=self.generation,
+                previous_conditions=self.conditions,
+            )
+        return status.chain_status(
+            self.spec,
+            self.board.all(),
+            now=now,
+            generation=self.generation,
+            previous_conditions=self.conditions,
+            invalid=self.invalid,
+        )
+
+
+class Runtime:
+    """The operator's state and background loop. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        config: OperatorConfig,
+        kube: KubeClient,
+        clients: ProviderClients,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.kube = kube
+        self.clients = clients
+        self.metrics = metrics
+        self.clock = clock
+        self.restarts = RestartManager(kube)
+        self.chains: dict[tuple[str, str], ChainRuntime] = {}
+        self._probing: set[ProbeKey] = set()
+        self._last_probe: dict[ProbeKey, float] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._chain_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._event_seen: dict[tuple[str, str, str], float] = {}
+        #: Called with (namespace, chain name) when a chain becomes usable.
+        self.on_chain_ready: Callable[[str, str], None] = lambda namespace, name: None
+
+    # ----------------------------------------------------------------- helpers
+
+    def spawn(self, coro: Awaitable[Any], *, name: str = "") -> asyncio.Task[Any]:
+        """Run ``coro`` in the background, keeping a reference and logging its failure."""
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        if name:
+            task.set_name(name)
+        self._background.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background task %s failed: %r", t.get_name(), t.exception())
+
+        task.add_done_callback(done)
+        return task
+
+    def event(self, ref: ObjectRef, *, type: str, reason: str, message: str) -> None:
+        """Post an Event (in the background), scrubbed, and not twice within 30 s."""
+        message = REDACTOR.scrub(message)
+        key = (ref.uid or f"{ref.namespace}/{ref.name}", reason, message)
+        now = self.clock()
+        if now - self._event_seen.get(key, 0.0) < 30.0:
+            return
+        if len(self._event_seen) > 10_000:
+            self._event_seen = {k: t for k, t in self._event_seen.items() if now - t < 30.0}
+        self._event_seen[key] = now
+        self.spawn(
+            self.kube.post_event(ref, type=type, reason=reason, message=message),
+            name=f"event-{reason}",
+        )
+
+    async def close(self) -> None:
+        """Cancel background work (probes, events) on shutdown."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    # ----------------------------------------------------------------- chains
+
+    def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
+        lock = self._chain_locks.get(key)
+        if lock is None:
+            lock = self._chain_locks[key] = asyncio.Lock()
+        return lock
+
+    async def chain_event(self, body: dict[str, Any], *, deleted: bool) -> None:
+        """A watch event of a ProviderChain (from kopf)."""
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        if deleted:
+            gone = self.chains.pop(key, None)
+            if gone is not None and gone.spec is not None:
+                for p in gone.spec.providers:
+                    self.metrics.forget_provider(namespace=key[0], chain=key[1], provider=p.name)
+            return
+        existing = self.chains.get(key)
+        if (
+            existing is not None
+            and existing.uid == meta.get("uid")
+            and existing.generation == meta.get("generation")
+        ):
+            return  # a status-only change (most likely our own write)
+        async with self._lock(key):
+            await self.reconcile_chain(body)
+
+    async def reconcile_chain(self, body: dict[str, Any]) -> None:
+        """Parse and validate a chain; (re)build its runtime; resume health from status."""
+        meta = body.get("metadata") or {}
+        namespace, name = str(meta["namespace"]), str(meta["name"])
+        uid = str(meta.get("uid", ""))
+        key = (namespace, name)
+        runtime = self.chains.get(key)
+        if runtime is None or runtime.uid != uid:
+            runtime = ChainRuntime(namespace=namespace, name=name, uid=uid)
+            previous = ProviderChainStatus.model_validate(body.get("status") or {})
+            runtime.conditions = list(previous.conditions)
+            resumed = [health_rules.from_status(p) for p in previous.providers]
+        else:
+            resumed = None
+        runtime.generation = meta.get("generation")
+        now = self.clock()
+        try:
+            spec = ProviderChainSpec.model_validate(body.get("spec") or {})
+        except ValidationError as error:
+            runtime.spec, runtime.board = None, None
+            runtime.invalid = ("InvalidSpec", validation_message(error))
+            self.chains[key] = runtime
+            self.event(
+                runtime.ref, type="Warning", reason="InvalidSpec", message=runtime.invalid[1]
+            )
+            return
+        if runtime.board is None:
+            runtime.board = HealthBoard(spec, initial=resumed or ())
+        else:
+            runtime.board.reconfigure(spec)
+        runtime.spec = spec
+        self.chains[key] = runtime
+        await self.validate(runtime, now=now)
+
+    async def validate(self, runtime: ChainRuntime, *, now: float) -> None:
+        """Check what the schema cannot: Secrets (and their keys) and Deployments exist."""
+        spec = runtime.spec
+        if spec is None:
+            return
+        was_ready = runtime.ready
+        keys: dict[str, str | None] = {}
+        problem: tuple[str, str] | None = None
+        for provider in spec.providers:
+            ref = provider.api_key_secret_ref
+            if ref is None:
+                keys[provider.name] = None
+                continue
+            try:
+                value = await self.kube.read_secret_key(runtime.namespace, ref.name, ref.key)
+            except SecretError as error:
+                problem = problem or (error.reason, f"provider {provider.name}: {error.message}")
+                continue
+            except KubeError as error:
+                problem = problem or ("ApiError", f"provider {provider.name}: {error}")
+                continue
+            REDACTOR.add(value)
+            keys[provider.name] = value
+        for provider in spec.providers:
+            if problem is not None or provider.backend is None:
+                continue
+            try:
+                found = await self.kube.read_deployment(
+                    runtime.namespace, provider.backend.deployment
+                )
+            except KubeError as error:
+                problem = ("ApiError", f"provider {provider.name}: {error}")
+                continue
+            if found is None:
+                problem = (
+                    "DeploymentNotFound",
+                    f"provider {provider.name}: backend Deployment "
+                    f"{provider.backend.deployment!r} not found in namespace {runtime.namespace!r}",
+                )
+        runtime.api_keys = keys
+        runtime.validated_at = now
+        previous_problem = runtime.invalid
+        runtime.invalid = problem
+        if problem is not None and problem != previous_problem:
+            self.event(runtime.ref, type="Warning", reason=problem[0], message=problem[1])
+        if runtime.ready and not was_ready:
+            self.event(
+                runtime.ref,
+                type="Normal",
+                reason="Validated",
+                message=f"{len(spec.providers)} providers, strategy {spec.strategy.value}",
+            )
+            self.on_chain_ready(runtime.namespace, runtime.name)
+
+    # ----------------------------------------------------------------- the loop
+
+    async def run(self) -> None:
+        """The background loop: probes, self-healing, revalidation, status writes."""
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the loop must survive anything one tick does
+                log.exception("health loop tick failed")
+            await asyncio.sleep(self.config.tick_seconds)
+
+    async def tick(self) -> None:
+        """One pass of the background loop."""
+        now = self.clock()
+        for runtime in list(self.chains.values()):
+            interval = (
+                self.config.revalidate_seconds
+                if runtime.ready
+                else self.config.revalidate_not_ready_seconds
+            )
+            if runtime.spec is not None and now - runtime.validated_at >= interval:
+                key = (runtime.namespace, runtime.name)
+                async with self._lock(key):
+                    await self.validate(runtime, now=now)
+        self.schedule_probes(now=now)
+        await self.flush(now=now)
+
+    def probe_users(self) -> dict[ProbeKey, list[tuple[ChainRuntime, ProviderSpec]]]:
+        """Every actively probed provider of every valid chain, grouped by probe key."""
+        users: dict[ProbeKey, list[tuple[ChainRuntime, ProviderSpec]]] = {}
+        for runtime in self.chains.values():
+            if runtime.spec is None or runtime.board is None or runtime.invalid is not None:
+                continue
+            for provider in runtime.spec.providers:
+                if runtime.spec.probe_mode(provider) is ProbeMode.ACTIVE:
+                    users.setdefault(probe_key(provider), []).append((runtime, provider))
+        return users
+
+    def schedule_probes(self, *, now: float) -> None:
+        """Start the probes that are due: by interval, or by an Excluded user's recovery."""
+        for key, users in self.probe_users().items():
+            if key in self._probing:
+                continue
+            last = self._last_probe.get(key)
+            due = False
+            for runtime, provider in users:
+                assert runtime.spec is not None
+                assert runtime.board is not None
+                health = runtime.board.get(provider.name)
+                if health.excluded:
+                    due = due or healing.recovery_due(health, now=now)
+                else:
+                    interval = runtime.spec.health.probe.interval_seconds
+                    due = due or last is None or now - last >= interval
+            if due:
+                self._probing.add(key)
+                self.spawn(self.probe(key, users[0]), name=f"probe-{key[1]}")
+
+    async def probe(self, key: ProbeKey, user: tuple[ChainRuntime, ProviderSpec]) -> None:
+        """Probe one endpoint and hand the result to every chain that names it."""
+        runtime, provider = user
+        assert runtime.spec is not None
+        timeout = runtime.spec.health.probe.timeout_seconds
+        started = self.clock()
+        try:
+            latency = await self.clients.probe(
+                provider, api_key=runtime.api_keys.get(provider.name), timeout=timeout
+            )
+        except ProviderError as error:
+            ok, latency_ms, message = False, None, REDACTOR.scrub(error.message)
+        except Exception as error:  # a bug in a client must not stop probing
+            ok, latency_ms, message = False, None, f"probe failed: {type(error).__name__}"
+        else:
+            ok, latency_ms, message = True, int(latency * 1000), ""
+        finally:
+            self._last_probe[key] = started
+            self._probing.discard(key)
+        self.metrics.probes.labels("ok" if ok else "failed").inc()
+        await self.deliver(key, ok=ok, latency_ms=latency_ms, error=message)
+
+    async def deliver(self, key: ProbeKey, *, ok: bool, latency_ms: int | None, error: str) -> None:
+        """Apply one probe result to every provider that shares its key."""
+        now = self.clock()
+        for runtime, provider in self.probe_users().get(key, []):
+            await self.apply_probe(
+                runtime, provider, ok=ok, latency_ms=latency_ms, error=error, now=now
+            )
+
+    async def apply_probe(
+        self,
+        runtime: ChainRuntime,
+        provider: ProviderSpec,
+        *,
+        ok: bool,
+        latency_ms: int | None,
+        error: str,
+        now: float,
+    ) -> None:
+        """Health, exclusion, restart and restore for one provider after a probe."""
+        spec, board = runtime.spec, runtime.board
+        if spec is None or board is None:
+            return
+        name = provider.name
+        before = board.get(name)
+        healing_spec = spec.self_healing
+        restarting = name in board.restarting
+        if before.excluded:
+            if ok:
+                board.set(healing.restore(before, now=now, latency_ms=latency_ms))
+                self.metrics.restores.labels(runtime.namespace, runtime.name, name).inc()
+                self.event(
+                    runtime.ref,
+                    type="Normal",
+                    reason="ProviderRestored",
+                    message=f"{name} answered its recovery probe; back in the active order",
+                )
+            elif healing.recovery_due(before, now=now):
+                board.set(
+                    healing.recovery_failed(
+                        before, now=now, recovery=healing_spec.recovery, error=error
+                    )
+                )
+        else:
+            probe = spec.health.probe
+            after = health_rules.record_probe(
+                before,
+                now=now,
+                ok=ok,
+                latency_ms=latency_ms,
+                error=error,
+                unhealthy_threshold=probe.unhealthy_threshold,
+                slow_ms=probe.timeout_seconds * 1000 * self.config.slow_probe_fraction,
+                restart_in_flight=restarting,
+            )
+            if after.unhealthy and not before.unhealthy:
+                self.event(
+                    runtime.ref,
+                    type="Warning",
+                    reason="ProviderUnhealthy",
+                    message=(
+                        f"{name} failed {after.consecutive_probe_failures} probes in a row: "
+                        f"{error}"
+                    ),
+                )
+            if after.unhealthy and healing_spec.exclude:
+                after = healing.exclude(after, now=now, recovery=healing_spec.recovery)
+                self.metrics.exclusions.labels(runtime.namespace, runtime.name, name).inc()
+                self.event(
+                    runtime.ref,
+                    type="Warning",
+                    reason="ProviderExcluded",
+                    message=f"{name} taken out of the active order until it recovers",
+                )
+            board.set(after)
+        if ok and restarting:
+            board.restarting.discard(name)
+            if provider.backend is not None:
+                self.spawn(
+                    self.restarts.settle(runtime.namespace, provider.backend.deployment),
+                    name="restart-settle",
+                )
+        current = board.get(name)
+        if (
+            not ok
+            and current.unhealthy
+            and provider.backend is not None
+            and healing_spec.restart_backends
+        ):
+            await self.maybe_restart(runtime, provider, now=now)
+
+    async def maybe_restart(
+        self, runtime: ChainRuntime, provider: ProviderSpec, *, now: float
+    ) -> None:
+        """Ask the RestartManager to restart the provider's backend, and note the outcome."""
+        spec, board = runtime.spec, runtime.board
+        if spec is None or board is None or provider.backend is None:
+            return
+        deployment = provider.backend.deployment
+        healing_spec = spec.self_healing
+        health = board.get(provider.name)
+        if (
+            provider.name in board.restarting
+            and health.last_restart_time is not None
+            and now - health.last_restart_time < healing_spec.recovery.max_seconds
+        ):
+            return  # our own restart is under way: no need to ask the API server again
+        try:
+            outcome = await self.restarts.request(
+                runtime.namespace,
+                deployment,
+                now=now,
+                max_per_hour=healing_spec.max_restarts_per_hour,
+                grace_seconds=healing_spec.recovery.max_seconds,
+            )
+        except KubeError as error:
+            self.event(
+                runtime.ref,
+                type="Warning",
+                reason="RestartFailed",
+                message=f"could not restart Deployment {deployment}: {error}",
+            )
+            return
+        name = provider.name
+        reason = outcome.verdict.reason
+        if outcome.performed:
+            board.set(healing.note_restart(board.get(name), now=now))
+            board.restarting.add(name)
+            self.metrics.restarts.labels(runtime.namespace, deployment).inc()
+            self.event(
+                runtime.ref,
+                type="Normal",
+                reason="BackendRestarted",
+                message=f"restarted Deployment {deployment} of unhealthy provider {name}",
+            )
+            self.event(
+                ObjectRef("apps/v1", "Deployment", runtime.namespace, deployment),
+                type="Normal",
+                reason="RestartedByChainop",
+                message=f"provider {name} of ProviderChain {runtime.name} was unhealthy",
+            )
+        elif reason == "RestartInFlight":
+            board.restarting.add(name)
+        elif reason in ("RestartBudgetExhausted", "DeploymentNotFound", "RestartConflict"):
+            last = runtime.restart_notices.get(name, 0.0)
+            if now - last >= 300:
+                runtime.restart_notices[name] = now
+                self.event(
+                    runtime.ref,
+                    type="Warning",
+                    reason=reason,
+                    message=(
+                        f"not restarting Deployment {deployment} for {name}: {reason} "
+                        f"(maxRestartsPerHour={healing_spec.max_restarts_per_hour})"
+                    ),
+                )
+
+    # ----------------------------------------------------------------- status
+
+    async def flush(self, *, now: float) -> None:
+        """Write each chain's status if it changed (see module docstring)."""
+        writes = []
+        for runtime in list(self.chains.values()):
+            built = runtime.build_status(now=now)
+            wire = built.model_dump(by_alias=True, mode="json", exclude_none=False)
+            significant = status.significant(wire)
+            previous = status.significant(runtime.written) if runtime.written else None
+            stale = now - runtime.written_at >= self.config.status_refresh_seconds
+            if previous == significant and not (stale and wire != runtime.written):
+                continue
+            if runtime.spec is not None and runtime.board is not None:
+                for p in built.providers:
+                    self.metrics.set_provider_state(
+                        namespace=runtime.namespace,
+                        chain=runtime.name,
+                        provider=p.name,
+                        state=p.state,
+                    )
+            writes.append(self._write_chain(runtime, wire, built.conditions, now))
+        if writes:
+            await asyncio.gather(*writes)
+
+    async def _write_chain(
+        self,
+        runtime: ChainRuntime,
+        wire: dict[str, Any],
+        conditions: list[Condition],
+        now: float,
+    ) -> None:
+        try:
+            await self.kube.patch_status(CHAINS, runtime.namespace, runtime.name, wire)
+        except KubeError as error:
+            if error.not_found:
+                self.chains.pop((runtime.namespace, runtime.name), None)
+            else:
+                log.warning(
+                    "status of chain %s/%s not written: %s", runtime.namespace, runtime.name, error
+                )
+            return
+        self.metrics.status_writes.labels("ProviderChain").inc()
+        runtime.written = wire
+        runtime.written_at = now
+        runtime.conditions = conditions
+
+    def health_snapshot(self, namespace: str, chain: str) -> list[ProviderHealth]:
+        """Health of a chain's providers (for tests and debugging)."""
+        runtime = self.chains.get((namespace, chain))
+        return runtime.board.all() if runtime and runtime.board else []

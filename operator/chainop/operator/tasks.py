@@ -1,0 +1,670 @@
+"""DelegatedTasks: decide, execute through the chain, write the outcome, clean up.
+
+kopf hands every watch event of a task to ``TaskRunner.on_event``; a task that is not
+finished and not already running here is executed in its own asyncio task, so one slow
+provider never holds up the others (bounded by ``max_concurrent_tasks``).
+
+Status writes are few on purpose: a task that finishes within
+``running_status_delay`` gets one write (its final status); a slower one gets a
+``Running`` write first; a ``jobs`` attempt writes the job id *before* waiting on it, so
+an operator restart resumes polling instead of submitting twice. Everything needed to
+resume (start time, attempts, pending job) is in status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from chainop.core import chain as executor
+from chainop.core import conditions, routing
+from chainop.core.chain import ChainObserver, ExecutionResult, Resume
+from chainop.core.models import (
+    API_VERSION,
+    Attempt,
+    Decision,
+    DelegatedTaskSpec,
+    DelegatedTaskStatus,
+    PendingJob,
+    PrivacyTier,
+    ProviderSpec,
+    TaskPhase,
+    TaskResult,
+)
+from chainop.core.status import PROGRESSING, SUCCEEDED
+from chainop.kube.client import TASKS, KubeError, ObjectRef
+from chainop.operator.runtime import ChainRuntime, Runtime, validation_message
+from chainop.redact import REDACTOR
+
+log = logging.getLogger(__name__)
+
+TERMINAL = (TaskPhase.SUCCEEDED, TaskPhase.FAILED)
+#: Seconds a final status write keeps retrying while the API server is unavailable.
+FINAL_WRITE_PATIENCE = 600.0
+#: How many finished task uids to remember (stale-event guard).
+FINISHED_MEMORY = 100_000
+
+
+def _time(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, tz=UTC)
+
+
+def _epoch(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRef:
+    """Identity of one task."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int | None
+
+    @property
+    def object_ref(self) -> ObjectRef:
+        return ObjectRef(API_VERSION, "DelegatedTask", self.namespace, self.name, self.uid)
+
+    @property
+    def owner_reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": "DelegatedTask",
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": False,
+        }
+
+
+class TaskObserver(ChainObserver):
+    """Turns executor hooks into metrics and Events."""
+
+    def __init__(self, runtime: Runtime, chain: ChainRuntime, task: TaskRef) -> None:
+        self.runtime = runtime
+        self.chain = chain
+        self.task = task
+
+    def on_attempt(self, provider: ProviderSpec, attempt: Attempt) -> None:
+        m = self.runtime.metrics
+        labels = (self.chain.namespace, self.chain.name, provider.name, attempt.outcome)
+        m.provider_requests.labels(*labels).inc()
+        if attempt.outcome != executor.SKIPPED:
+            m.provider_latency.labels(*labels).observe(attempt.latency_ms / 1000)
+
+    def on_failover(
+        self, from_provider: ProviderSpec, to_provider: ProviderSpec, reason: str
+    ) -> None:
+        self.runtime.metrics.failovers.labels(
+            self.chain.namespace, self.chain.name, from_provider.name, to_provider.name
+        ).inc()
+        self.runtime.event(
+            self.task.object_ref,
+            type="Warning",
+            reason="Failover",
+            message=f"{from_provider.name} → {to_provider.name}: {reason}",
+        )
+
+    def on_benched(self, provider: ProviderSpec, seconds: float, reason: str) -> None:
+        self.runtime.metrics.benchings.labels(
+            self.chain.namespace, self.chain.name, provider.name
+        ).inc()
+        self.runtime.event(
+            self.chain.ref,
+            type="Warning",
+            reason="ProviderBenched",
+            message=f"{provider.name} benched for {seconds:.0f}s after: {reason}",
+        )
+
+    def on_spillover(self, from_provider: ProviderSpec, to_provider: ProviderSpec) -> None:
+        self.runtime.metrics.spillovers.labels(
+            self.chain.namespace, self.chain.name, from_provider.name, to_provider.name
+        ).inc()
+        if to_provider.privacy_tier is not PrivacyTier.SOVEREIGN:
+            self.runtime.event(
+                self.task.object_ref,
+                type="Normal",
+                reason="Spillover",
+                message=(
+                    f"work left Sovereign provider {from_provider.name} for "
+                    f"{to_provider.privacy_tier.value} provider {to_provider.name}"
+                ),
+            )
+
+
+class TaskRunner:
+    """Executes DelegatedTasks for one operator process."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.config = runtime.config
+        self.in_flight: dict[str, asyncio.Task[None]] = {}
+        self.waiting: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        self.ttl_timers: dict[str, asyncio.TimerHandle] = {}
+        self.deadline_timers: dict[str, asyncio.TimerHandle] = {}
+        self.finished: OrderedDict[str, None] = OrderedDict()
+        self.slots = asyncio.Semaphore(self.config.max_concurrent_tasks)
+        runtime.on_chain_ready = self.chain_ready
+
+    # ----------------------------------------------------------------- events
+
+    def on_event(self, body: dict[str, Any], *, deleted: bool) -> None:
+        """A watch event of a DelegatedTask (from kopf). Never blocks."""
+        meta = body.get("metadata") or {}
+        uid = str(meta.get("uid", ""))
+        if deleted:
+            self.forget(uid, body)
+            return
+        phase = (body.get("status") or {}).get("phase")
+        if phase in (TaskPhase.SUCCEEDED.value, TaskPhase.FAILED.value):
+            self.schedule_ttl(body)
+            return
+        if uid in self.in_flight or uid in self.finished:
+            return  # running here, or a stale event from before our final write
+        self.start(body)
+
+    def start(self, body: dict[str, Any]) -> None:
+        """Execute a task in the background."""
+        uid = str(body["metadata"].get("uid", ""))
+        task = asyncio.ensure_future(self.run(body))
+        self.in_flight[uid] = task
+        task.add_done_callback(functools.partial(self._done, uid))
+
+    def _done(self, uid: str, task: asyncio.Task[None]) -> None:
+        if self.in_flight.get(uid) is task:
+            del self.in_flight[uid]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed in the operator: %r", uid, task.exception())
+
+    def forget(self, uid: str, body: dict[str, Any]) -> None:
+        """The task was deleted: stop its work and timers."""
+        running = self.in_flight.pop(uid, None)
+        if running is not None:
+            running.cancel()
+        for timers in (self.ttl_timers, self.deadline_timers):
+            handle = timers.pop(uid, None)
+            if handle is not None:
+                handle.cancel()
+        for waiting in self.waiting.values():
+            waiting.pop(uid, None)
+
+    def chain_ready(self, namespace: str, chain: str) -> None:
+        """A chain became usable: start the tasks that were waiting for it."""
+        for uid, body in list(self.waiting.pop((namespace, chain), {}).items()):
+            if uid not in self.in_flight:
+                self.start(body)
+
+    # ----------------------------------------------------------------- TTL
+
+    def schedule_ttl(self, body: dict[str, Any]) -> None:
+        """Delete a finished task ``ttlSecondsAfterFinished`` after it ended."""
+        meta = body["metadata"]
+        uid = str(meta.get("uid", ""))
+        ttl = (body.get("spec") or {}).get("ttlSecondsAfterFinished")
+        if ttl is None or uid in self.ttl_timers:
+            return
+        finished = _epoch(
+            DelegatedTaskStatus.model_validate(body.get("status") or {}).completion_time
+        )
+        now = self.runtime.clock()
+        delay = max(0.0, (finished or now) + float(ttl) - now)
+        loop = asyncio.get_running_loop()
+        namespace, name = str(meta["namespace"]), str(meta["name"])
+        self.ttl_timers[uid] = loop.call_later(
+            delay,
+            lambda: self.runtime.spawn(self._expire(namespace, name, uid), name="ttl"),
+        )
+
+    async def _expire(self, namespace: str, name: str, uid: str) -> None:
+        self.ttl_timers.pop(uid, None)
+        try:
+            if await self.runtime.kube.delete_task(namespace, name, uid=uid):
+                log.info("deleted finished task %s/%s (ttlSecondsAfterFinished)", namespace, name)
+        except KubeError as error:
+            log.warning("could not delete finished task %s/%s: %s", namespace, name, error)
+
+    # ----------------------------------------------------------------- execution
+
+    async def run(self, body: dict[str, Any]) -> None:
+        """Take one task from wherever its status says to its end (or to waiting)."""
+        meta = body["metadata"]
+        ref = TaskRef(
+            namespace=str(meta["namespace"]),
+            name=str(meta["name"]),
+            uid=str(meta.get("uid", "")),
+            generation=meta.get("generation"),
+        )
+        try:
+            previous = DelegatedTaskStatus.model_validate(body.get("status") or {})
+        except ValidationError:
+            previous = DelegatedTaskStatus()
+        now = self.runtime.clock()
+        start = _epoch(previous.start_time) or now
+        try:
+            spec = DelegatedTaskSpec.model_validate(body.get("spec") or {})
+        except ValidationError as error:
+            await self.finish(
+                ref,
+                previous,
+                start=start,
+                phase=TaskPhase.FAILED,
+                reason="InvalidSpec",
+                message=validation_message(error),
+            )
+            return
+        remaining = spec.timeout_seconds - (now - start)
+        chain = self.runtime.chains.get((ref.namespace, spec.chain))
+        if remaining <= 0:
+            why = "" if chain is None or chain.ready else " while waiting for its chain"
+            await self.finish(
+                ref,
+                previous,
+                start=start,
+                phase=TaskPhase.FAILED,
+                reason="DeadlineExceeded",
+                message=f"timeoutSeconds={spec.timeout_seconds:g} ran out{why}",
+            )
+            return
+        if chain is None or not chain.ready or chain.spec is None or chain.board is None:
+            await self.wait_for_chain(
+                ref, body, previous, spec, chain, start=start, remaining=remaining
+            )
+            return
+        self._cancel_deadline(ref.uid)
+        decision = routing.decide(chain.spec, spec, active_order=chain.active_order())
+        decided = Decision(
+            provider=decision.provider, reason=decision.reason, providers=list(decision.providers)
+        )
+        if not decision.providers:
+            await self.finish(
+                ref,
+                previous,
+                start=start,
+                phase=TaskPhase.FAILED,
+                reason="NoEligibleProvider",
+                message=f"no provider may take this task: {decision.reason}",
+                decision=decided,
+            )
+            return
+        async with self.slots:
+            await self.execute(
+                ref, previous, spec, chain, decided, start=start, remaining=remaining
+            )
+
+    async def wait_for_chain(
+        self,
+        ref: TaskRef,
+        body: dict[str, Any],
+        previous: DelegatedTaskStatus,
+        spec: DelegatedTaskSpec,
+        chain: ChainRuntime | None,
+        *,
+        start: float,
+        remaining: float,
+    ) -> None:
+        """Park a task until its chain is usable, or until its deadline fails it."""
+        if chain is None:
+            reason = "ChainNotFound"
+            message = f"ProviderChain {spec.chain!r} not found in namespace {ref.namespace!r}"
+        else:
+            reason = "ChainNotReady"
+            detail = chain.invalid[1] if chain.invalid else "not validated yet"
+            message = f"ProviderChain {spec.chain!r} is not ready: {detail}"
+        self.waiting.setdefault((ref.namespace, spec.chain), {})[ref.uid] = body
+        loop = asyncio.get_running_loop()
+        self._cancel_deadline(ref.uid)
+        self.deadline_timers[ref.uid] = loop.call_later(remaining + 0.05, self._wake, body)
+        existing = conditions.get_condition(previous.conditions, PROGRESSING)
+        if existing is not None and existing.reason == reason and existing.message == message:
+            return  # already said so; no write
+        now = self.runtime.clock()
+        conds = conditions.set_condition(
+            previous.conditions,
+            type=PROGRESSING,
+            status="False",
+            reason=reason,
+            message=message,
+            now=_time(now),
+            observed_generation=ref.generation,
+        )
+        conds = conditions.set_condition(
+            conds,
+            type=SUCCEEDED,
+            status="Unknown",
+            reason=reason,
+            message=message,
+            now=_time(now),
+            observed_generation=ref.generation,
+        )
+        waiting = previous.model_copy(
+            update={
+                "phase": TaskPhase.PENDING,
+                "conditions": conds,
+                "start_time": _time(start),
+                "observed_generation": ref.generation,
+            }
+        )
+        await self.write(ref, waiting)
+
+    def _wake(self, body: dict[str, Any]) -> None:
+        uid = str(body["metadata"].get("uid", ""))
+        self.deadline_timers.pop(uid, None)
+        for waiting in self.waiting.values():
+            waiting.pop(uid, None)
+        if uid not in self.in_flight:
+            self.start(body)
+
+    def _cancel_deadline(self, uid: str) -> None:
+        handle = self.deadline_timers.pop(uid, None)
+        if handle is not None:
+            handle.cancel()
+
+    async def execute(
+        self,
+        ref: TaskRef,
+        previous: DelegatedTaskStatus,
+        spec: DelegatedTaskSpec,
+        chain: ChainRuntime,
+        decided: Decision,
+        *,
+        start: float,
+        remaining: float,
+    ) -> None:
+        """Run the chain executor, writing Running/pending-job status as needed."""
+        assert chain.spec is not None
+        assert chain.board is not None
+        metrics = self.runtime.metrics
+        metrics.tasks_in_flight.inc()
+        running_written = previous.phase is TaskPhase.RUNNING
+        progress: list[Attempt] = list(previous.attempts)
+
+        def running_status(pending: PendingJob | None) -> DelegatedTaskStatus:
+            now = self.runtime.clock()
+            conds = conditions.set_condition(
+                previous.conditions,
+                type=PROGRESSING,
+                status="True",
+                reason="Executing",
+                message=f"trying {decided.provider} first ({decided.reason})",
+                now=_time(now),
+                observed_generation=ref.generation,
+            )
+            conds = conditions.set_condition(
+                conds,
+                type=SUCCEEDED,
+                status="Unknown",
+                reason="Executing",
+                message="",
+                now=_time(now),
+                observed_generation=ref.generation,
+            )
+            return previous.model_copy(
+                update={
+                    "phase": TaskPhase.RUNNING,
+                    "decision": decided,
+                    "conditions": conds,
+                    "start_time": _time(start),
+                    "attempts": list(progress),
+                    "attempt_count": len(progress),
+                    "pending_job": pending,
+                    "observed_generation": ref.generation,
+                }
+            )
+
+        class Progress(TaskObserver):
+            def on_attempt(self, provider: ProviderSpec, attempt: Attempt) -> None:
+                progress.append(attempt)
+                super().on_attempt(provider, attempt)
+
+        async def job_submitted(provider: str, job_id: str, key: str, attempt: int) -> None:
+            nonlocal running_written
+            pending = PendingJob(
+                provider=provider,
+                job_id=job_id,
+                idempotency_key=key,
+                attempt=attempt,
+                submitted_at=_time(self.runtime.clock()),
+            )
+            await self.write(ref, running_status(pending))
+            running_written = True
+
+        resume = None
+        if previous.pending_job is not None:
+            resume = Resume(
+                attempts=tuple(previous.attempts),
+                provider=previous.pending_job.provider,
+                job_id=previous.pending_job.job_id,
+            )
+        elif previous.attempts:
+            resume = Resume(attempts=tuple(previous.attempts))
+        chain.rotation += 1
+        work = asyncio.ensure_future(
+            executor.execute(
+                chain=chain.spec,
+                eligible=decided.providers,
+                request=spec.request,
+                call=self.runtime.clients,
+                board=chain.board,
+                now=self.runtime.clock,
+                timeout_seconds=remaining,
+                api_keys=chain.api_keys,
+                task_key=ref.uid,
+                rotation=chain.rotation - 1,
+                observer=Progress(self.runtime, chain, ref),
+                resume=resume,
+                on_job_submitted=job_submitted,
+            )
+        )
+        try:
+            if not running_written:
+                done, _ = await asyncio.wait({work}, timeout=self.config.running_status_delay)
+                if not done and not running_written:
+                    running_written = True
+                    await self.write(ref, running_status(None))
+            result = await work
+        finally:
+            if not work.done():
+                work.cancel()
+            metrics.tasks_in_flight.dec()
+        await self.conclude(ref, previous, chain, decided, result, start=start)
+
+    async def conclude(
+        self,
+        ref: TaskRef,
+        previous: DelegatedTaskStatus,
+        chain: ChainRuntime,
+        decided: Decision,
+        result: ExecutionResult,
+        *,
+        start: float,
+    ) -> None:
+        """Write the final status (and the result ConfigMap if the answer is large)."""
+        if result.completion is None:
+            await self.finish(
+                ref,
+                previous,
+                start=start,
+                phase=TaskPhase.FAILED,
+                reason=result.failure_reason,
+                message=REDACTOR.scrub(result.failure_message),
+                decision=decided,
+                attempts=list(result.attempts),
+            )
+            return
+        completion = result.completion
+        text = completion.text
+        size = len(text.encode("utf-8"))
+        config_map = None
+        if size > self.config.max_result_bytes:
+            await self.finish(
+                ref,
+                previous,
+                start=start,
+                phase=TaskPhase.FAILED,
+                reason="ResultTooLarge",
+                message=(
+                    f"{result.provider} answered {size} bytes; at most "
+                    f"{self.config.max_result_bytes} can be stored"
+                ),
+                decision=decided,
+                attempts=list(result.attempts),
+            )
+            return
+        if size > self.config.max_status_text_bytes:
+            config_map = f"{ref.name}-result"[:253]
+            try:
+                await self.runtime.kube.apply_configmap(
+                    ref.namespace,
+                    {
+                        "apiVersion": "v1",
+                        "kind": "ConfigMap",
+                        "metadata": {
+                            "name": config_map,
+                            "namespace": ref.namespace,
+                            "ownerReferences": [ref.owner_reference],
+                            "labels": {"chainop.dev/task": ref.name[:63]},
+                        },
+                        "data": {"text": text},
+                    },
+                )
+            except KubeError as error:
+                await self.finish(
+                    ref,
+                    previous,
+                    start=start,
+                    phase=TaskPhase.FAILED,
+                    reason="ResultNotStored",
+                    message=f"could not store the answer in ConfigMap {config_map}: {error}",
+                    decision=decided,
+                    attempts=list(result.attempts),
+                )
+                return
+            text = ""
+        task_result = TaskResult(
+            provider=result.provider,
+            text=text,
+            finish_reason=completion.finish_reason,
+            input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
+            cost_usd=result.cost_usd,
+            latency_ms=result.latency_ms,
+            attempt=result.attempt,
+            was_terminus=result.was_terminus,
+            output_config_map=config_map,
+        )
+        where = f" (answer in ConfigMap {config_map})" if config_map else ""
+        await self.finish(
+            ref,
+            previous,
+            start=start,
+            phase=TaskPhase.SUCCEEDED,
+            reason="Answered",
+            message=f"{result.provider} answered on attempt {result.attempt}{where}",
+            decision=decided,
+            attempts=list(result.attempts),
+            result=task_result,
+        )
+
+    async def finish(
+        self,
+        ref: TaskRef,
+        previous: DelegatedTaskStatus,
+        *,
+        start: float,
+        phase: TaskPhase,
+        reason: str,
+        message: str,
+        decision: Decision | None = None,
+        attempts: list[Attempt] | None = None,
+        result: TaskResult | None = None,
+    ) -> None:
+        """Write a final status: Succeeded or Failed, with conditions saying why."""
+        now = self.runtime.clock()
+        ok = phase is TaskPhase.SUCCEEDED
+        conds = conditions.set_condition(
+            previous.conditions,
+            type=SUCCEEDED,
+            status="True" if ok else "False",
+            reason=reason,
+            message=message,
+            now=_time(now),
+            observed_generation=ref.generation,
+        )
+        conds = conditions.set_condition(
+            conds,
+            type=PROGRESSING,
+            status="False",
+            reason="Finished" if ok else reason,
+            message=message if not ok else "",
+            now=_time(now),
+            observed_generation=ref.generation,
+        )
+        final_attempts = attempts if attempts is not None else list(previous.attempts)
+        final = previous.model_copy(
+            update={
+                "phase": phase,
+                "decision": decision or previous.decision,
+                "attempts": final_attempts,
+                "attempt_count": len(final_attempts),
+                "pending_job": None,
+                "result": result,
+                "conditions": conds,
+                "start_time": _time(start),
+                "completion_time": _time(now),
+                "observed_generation": ref.generation,
+            }
+        )
+        if await self.write(ref, final, final=True):
+            metrics = self.runtime.metrics
+            metrics.tasks.labels(ref.namespace, phase.value).inc()
+            metrics.task_duration.labels(ref.namespace, phase.value).observe(max(now - start, 0.0))
+            if not ok:
+                self.runtime.event(ref.object_ref, type="Warning", reason=reason, message=message)
+
+    async def write(self, ref: TaskRef, new: DelegatedTaskStatus, *, final: bool = False) -> bool:
+        """Patch a task's status; False if the task is gone.
+
+        A final status is the only copy of the answer, so it is retried with backoff
+        (the API server may be restarting) for up to ``FINAL_WRITE_PATIENCE`` seconds.
+        """
+        wire = new.model_dump(by_alias=True, mode="json")
+        delay = 0.2
+        waited = 0.0
+        while True:
+            try:
+                await self.runtime.kube.patch_status(TASKS, ref.namespace, ref.name, wire)
+            except KubeError as error:
+                if error.not_found:
+                    return False
+                if not final or waited >= FINAL_WRITE_PATIENCE:
+                    log.warning(
+                        "status of task %s/%s not written: %s", ref.namespace, ref.name, error
+                    )
+                    return False
+                log.info("API unavailable (%s); retrying the final status of %s", error, ref.name)
+                await asyncio.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 5.0)
+                continue
+            self.runtime.metrics.status_writes.labels("DelegatedTask").inc()
+            if final:
+                self.remember_finished(ref.uid)
+            return True
+
+    def remember_finished(self, uid: str) -> None:
+        """Remember a task we finished, so stale watch events of it never restart it."""
+        self.finished[uid] = None
+        while len(self.finished) > FINISHED_MEMORY:
+            self.finished.popitem(last=False)
