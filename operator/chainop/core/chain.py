@@ -38,6 +38,7 @@ from chainop.core.errors import (
 from chainop.core.health import FailureOutcome, ProviderHealth
 from chainop.core.models import (
     Attempt,
+    AttemptOutcome,
     PrivacyTier,
     ProviderChainSpec,
     ProviderSpec,
@@ -45,8 +46,8 @@ from chainop.core.models import (
     Strategy,
 )
 
-SUCCEEDED = "Succeeded"
-SKIPPED = "Skipped"
+SUCCEEDED = AttemptOutcome.SUCCEEDED
+SKIPPED = AttemptOutcome.SKIPPED
 
 
 # --------------------------------------------------------------------------- health board
@@ -333,7 +334,7 @@ async def execute(
                 provider,
                 Attempt(
                     provider=provider.name,
-                    outcome=error.kind.value,
+                    outcome=AttemptOutcome(error.kind.value),
                     error=miss,
                     started_at=_utc(at),
                 ),
@@ -375,7 +376,7 @@ async def execute(
                     provider,
                     Attempt(
                         provider=provider.name,
-                        outcome=ErrorKind.DEADLINE.value,
+                        outcome=AttemptOutcome.DEADLINE,
                         error=message,
                         latency_ms=latency,
                         started_at=started_at,
@@ -393,7 +394,7 @@ async def execute(
                     provider,
                     Attempt(
                         provider=provider.name,
-                        outcome=error.kind.value,
+                        outcome=AttemptOutcome(error.kind.value),
                         error=error.message,
                         latency_ms=latency,
                         started_at=started_at,

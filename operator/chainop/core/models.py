@@ -468,6 +468,9 @@ class ProviderChainStatus(_StatusModel):
     conditions: list[Condition] = Field(default_factory=list, description="Ready and others.")
     healthy: int = Field(default=0, ge=0, description="Providers currently Healthy.")
     total: int = Field(default=0, ge=0, description="Providers in the chain.")
+    healthy_summary: str = Field(
+        default="", description='Healthy/total, e.g. "2/3" (the HEALTHY column of kubectl get).'
+    )
     active_order: list[str] = Field(
         default_factory=list, description="Providers in use, in order (Excluded ones left out)."
     )
@@ -590,14 +593,30 @@ class Decision(_StatusModel):
     )
 
 
-class Attempt(_StatusModel):
-    """One call to one provider."""
+class AttemptOutcome(enum.StrEnum):
+    """How one attempt ended (the error kinds of ``chainop.core.errors``, plus two)."""
 
-    provider: str = Field(description="Provider called.")
-    outcome: str = Field(
+    SUCCEEDED = "Succeeded"
+    SKIPPED = "Skipped"
+    TRANSIENT = "TransientError"
+    RATE_LIMITED = "RateLimited"
+    INCOMPLETE = "IncompleteReply"
+    MODEL_NOT_FOUND = "ModelNotFound"
+    UNSUPPORTED = "Unsupported"
+    PERMANENT = "PermanentError"
+    DEADLINE = "DeadlineExceeded"
+
+
+class Attempt(_StatusModel):
+    """One provider considered for a task: a call, or a skip (benched, unsupported)."""
+
+    provider: str = Field(description="Provider called (or skipped).")
+    outcome: AttemptOutcome = Field(
         description=(
-            "Succeeded, TransientError, RateLimited, IncompleteReply, ModelNotFound, "
-            "Unsupported, PermanentError, DeadlineExceeded or Skipped."
+            "Succeeded; TransientError, RateLimited or IncompleteReply (counted against the "
+            "provider); ModelNotFound or Unsupported (advanced without penalty); "
+            "PermanentError; DeadlineExceeded (the task's own limit); Skipped (benched "
+            "or excluded, no call made)."
         )
     )
     error: str = Field(default="", description="What went wrong, without secrets.")
@@ -640,6 +659,14 @@ class DelegatedTaskStatus(_StatusModel):
         default=None, description="metadata.generation this status reflects."
     )
     phase: TaskPhase = Field(default=TaskPhase.PENDING, description="Summary for kubectl get.")
+    provider: str = Field(
+        default="",
+        description="The provider that answered, else the first one chosen (for kubectl get).",
+    )
+    latency: str = Field(
+        default="", description='Time to the answer, e.g. "816ms" (for kubectl get).'
+    )
+    cost: str = Field(default="", description='Cost of the answer, e.g. "$0.000047".')
     decision: Decision | None = Field(default=None, description="The routing decision.")
     attempts: list[Attempt] = Field(default_factory=list, description="Every call made.")
     attempt_count: int = Field(default=0, ge=0, description="len(attempts), for kubectl get.")

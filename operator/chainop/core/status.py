@@ -81,6 +81,7 @@ def chain_status(
         conditions=updated,
         healthy=healthy,
         total=len(statuses),
+        healthy_summary=f"{healthy}/{len(statuses)}",
         active_order=order,
         active=order[0] if order else "",
         effective_privacy_tier=routing.effective_privacy_tier(spec),

@@ -450,8 +450,7 @@ class Runtime:
                     type="Warning",
                     reason="ProviderUnhealthy",
                     message=(
-                        f"{name} failed {after.consecutive_probe_failures} probes in a row: "
-                        f"{error}"
+                        f"{name} failed {after.consecutive_probe_failures} probes in a row: {error}"
                     ),
                 )
             if after.unhealthy and healing_spec.exclude:

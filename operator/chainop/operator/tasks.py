@@ -413,6 +413,7 @@ class TaskRunner:
             return previous.model_copy(
                 update={
                     "phase": TaskPhase.RUNNING,
+                    "provider": decided.provider,
                     "decision": decided,
                     "conditions": conds,
                     "start_time": _time(start),
@@ -612,10 +613,14 @@ class TaskRunner:
             observed_generation=ref.generation,
         )
         final_attempts = attempts if attempts is not None else list(previous.attempts)
+        chosen = decision or previous.decision
         final = previous.model_copy(
             update={
                 "phase": phase,
-                "decision": decision or previous.decision,
+                "provider": result.provider if result else (chosen.provider if chosen else ""),
+                "latency": f"{result.latency_ms}ms" if result else "",
+                "cost": f"${result.cost_usd:.6f}" if result else "",
+                "decision": chosen,
                 "attempts": final_attempts,
                 "attempt_count": len(final_attempts),
                 "pending_job": None,
