@@ -28,7 +28,6 @@ from chainop.core import health as health_rules
 from chainop.core.calls import CallContext, Completion, ProviderCall
 from chainop.core.errors import (
     ChainExhaustedError,
-    ErrorKind,
     ModelNotFoundError,
     ProviderError,
     RateLimitedError,
