@@ -1,0 +1,71 @@
+"""The protocol every wire adapter implements, and helpers they share.
+
+Modelled on httpx's one-method transports: an adapter knows one wire protocol (OpenAI,
+Anthropic, jobs) and nothing else. It holds no state and no connections; the shared
+:class:`~chainop.providers.http.Wire` is handed in on every call, so one
+:class:`~chainop.providers.registry.ProviderClients` can serve every protocol over one
+connection pool, and a new protocol is one new module plus one line in the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from chainop.core.calls import CallContext, Completion
+from chainop.core.models import ProviderSpec, RequestSpec
+from chainop.providers import errors
+from chainop.providers.http import Wire
+
+
+class Adapter(Protocol):
+    """One wire protocol: how to complete a request and where to probe."""
+
+    async def complete(
+        self, wire: Wire, provider: ProviderSpec, request: RequestSpec, context: CallContext
+    ) -> Completion:
+        """Send ``request`` to ``provider``; return a whole answer or raise ProviderError."""
+        ...
+
+    def probe_url(self, provider: ProviderSpec) -> str:
+        """The zero-cost URL whose 2xx answer means the provider is up."""
+        ...
+
+    def headers(self, api_key: str | None) -> dict[str, str]:
+        """Authentication (and version) headers for this protocol."""
+        ...
+
+
+def join_url(endpoint: str, path: str) -> str:
+    """``endpoint`` without trailing slashes, then ``path``. Purely computational."""
+    return endpoint.rstrip("/") + path
+
+
+def request_timeout(provider: ProviderSpec, context: CallContext) -> float:
+    """One request's budget: the provider's own timeout, cut short by the caller's."""
+    return min(provider.timeout_seconds, context.timeout)
+
+
+def bearer_headers(api_key: str | None) -> dict[str, str]:
+    """``Authorization: Bearer`` when there is a key; keyless in-cluster servers get none."""
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def get_object(data: Mapping[str, Any], key: str, *, where: str) -> dict[str, Any]:
+    """``data[key]`` as a JSON object, or ``IncompleteReplyError`` naming what is missing."""
+    value = data.get(key)
+    if not isinstance(value, dict):
+        raise errors.incomplete(f"{where}.{key} missing or not an object")
+    return value
+
+
+def token_count(usage: Mapping[str, Any], key: str) -> int:
+    """A token count from a usage object; absent or nonsensical counts read as 0.
+
+    Usage is bookkeeping, not the answer: a server that omits it (some OpenAI-compatible
+    ones do) still gave a complete reply, so this never raises.
+    """
+    value = usage.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return 0
+    return int(value)

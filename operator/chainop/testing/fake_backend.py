@@ -1,0 +1,952 @@
+"""A real HTTP server that speaks the OpenAI, Anthropic and jobs protocols, and breaks on cue.
+
+Tests, the demo and benchmarks run chainop against this server on 127.0.0.1 instead of
+mocks, so the bytes, sockets, timeouts and half-closed connections are real (DESIGN.md,
+"Where it runs"). It answers deterministically: the text is ``[NAME] echo: <last user
+message>``, with token counts of about characters/4, so a test can tell who answered.
+
+Routes::
+
+    POST /chat/completions, /v1/chat/completions   route "openai"
+    POST /v1/messages, /messages                    route "anthropic"
+    POST /jobs                                      route "jobs"       (submit)
+    GET  /jobs/{id}                                 route "jobs_poll"
+    GET  /models, /v1/models                        route "models"
+    POST /_control   GET /_control   GET /_stats   POST /_reset     (not counted)
+
+Steering (``POST /_control`` with a JSON object, or :meth:`FakeBackend.set_mode`): a
+*mode* applies to one ``route`` or, without one, to every route that has no mode of its
+own. Each call replaces that scope's mode; ``{"route": R, "mode": "inherit"}`` drops R's.
+
+==============  ===========================================================================
+mode            behaviour
+==============  ===========================================================================
+healthy         a normal answer
+error           HTTP ``status`` (500) with ``body`` (an OpenAI-style error by default);
+                ``echo_headers: true`` puts the request headers into the body, to check
+                that clients redact secrets a misbehaving server reflects
+slow            sleep ``delay_ms`` then answer normally
+hang            never answer (until the client gives up or the server stops)
+drop            send the status line, headers and half the body, then close the socket
+rate_limit      HTTP 429 with ``Retry-After: retry_after`` (1)
+unknown_model   HTTP 404 with a model-not-found body naming the requested model
+malformed       HTTP 200 with a body that is not JSON
+empty           HTTP 200 with empty ``choices`` / ``content`` / result text / model list
+==============  ===========================================================================
+
+``fail_next: N`` makes only the next N requests of the scope misbehave (in ``mode``,
+``error`` by default), after which it is healthy again: the shape of a transient fault.
+Giving ``delay_ms`` without a mode means ``slow``.
+
+Settings (same endpoint, independent of modes): ``job_delay_ms`` (how long a job stays
+queued/running), ``job_status`` (``succeeded`` or ``failed``) and ``job_error`` (the
+``error`` of a failed job), ``models`` (only these models are served, others get 404),
+``api_key`` (require ``Authorization: Bearer`` or ``x-api-key`` with it, else 401).
+
+Jobs are deduplicated by ``idempotency_key``: the same key answers the same id and is not
+a new submission. ``GET /_stats`` counts requests per route, outcomes per route and mode,
+``job_posts`` (every POST /jobs per key, repeats included) and ``job_submissions`` (jobs
+created per key: one each, unless deduplication broke), so a test can assert "exactly
+one submission per task".
+
+Run it as ``python -m chainop.testing.fake_backend --port PORT [--host 127.0.0.1]
+[--name NAME] [--mode healthy]``; it prints ``fake-backend NAME listening on URL`` once
+it accepts connections. In tests use :class:`FakeBackend` (async) or
+:class:`FakeBackendThread` (sync); steer one in another process with
+:class:`FakeBackendControl`. No per-request logging: benchmarks measure throughput with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import signal
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from types import TracebackType
+from typing import Any, Final
+
+import httpx
+from aiohttp import web
+
+ROUTES: Final = ("openai", "anthropic", "jobs", "jobs_poll", "models")
+MODES: Final = (
+    "healthy",
+    "error",
+    "slow",
+    "hang",
+    "drop",
+    "rate_limit",
+    "unknown_model",
+    "malformed",
+    "empty",
+)
+MODE_KEYS: Final = frozenset(
+    {"mode", "status", "body", "delay_ms", "retry_after", "fail_next", "echo_headers"}
+)
+SETTING_KEYS: Final = frozenset({"job_delay_ms", "job_status", "job_error", "models", "api_key"})
+JOB_STATUSES: Final = ("succeeded", "failed")
+DEFAULT_MODEL: Final = "fake-model"
+#: Nominal prices of the fake, used for the jobs protocol's ``cost_usd``.
+INPUT_USD_PER_TOKEN: Final = 0.5e-6
+OUTPUT_USD_PER_TOKEN: Final = 1.5e-6
+#: How long a stopping server waits for in-flight requests (hung ones never finish).
+SHUTDOWN_TIMEOUT: Final = 0.25
+
+
+class ControlError(ValueError):
+    """A steering request the fake cannot honour (unknown mode, route or key)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModeConfig:
+    """How one scope (a route, or all routes) behaves."""
+
+    mode: str = "healthy"
+    status: int = 500
+    body: Any = None
+    delay_ms: float = 0.0
+    retry_after: float = 1.0
+    fail_next: int | None = None
+    echo_headers: bool = False
+
+
+@dataclass(slots=True)
+class Settings:
+    """Behaviour that is not a failure mode."""
+
+    job_delay_ms: float = 0.0
+    job_status: str = "succeeded"
+    job_error: Any = None
+    models: list[str] | None = None
+    api_key: str | None = None
+
+
+@dataclass(slots=True)
+class Job:
+    """A submitted job; it finishes ``delay`` seconds after ``created``."""
+
+    id: str
+    key: str
+    model: str
+    prompt: str
+    input_tokens: int
+    created: float
+    delay: float
+    outcome: str
+    error: Any
+
+
+@dataclass(slots=True)
+class BackendState:
+    """Everything a fake backend remembers; steered by ``configure``, read by ``stats``."""
+
+    name: str
+    default_mode: str = "healthy"
+    global_mode: ModeConfig = field(default_factory=ModeConfig)
+    route_modes: dict[str, ModeConfig] = field(default_factory=dict)
+    settings: Settings = field(default_factory=Settings)
+    requests: Counter[str] = field(default_factory=Counter)
+    outcomes: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    job_posts: Counter[str] = field(default_factory=Counter)
+    job_submissions: Counter[str] = field(default_factory=Counter)
+    jobs: dict[str, Job] = field(default_factory=dict)
+    job_ids_by_key: dict[str, str] = field(default_factory=dict)
+    last_request: dict[str, dict[str, Any]] = field(default_factory=dict)
+    job_counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def __post_init__(self) -> None:
+        self.global_mode = ModeConfig(mode=_checked_mode(self.default_mode))
+
+    def reset(self) -> None:
+        """Forget modes, settings, counters and jobs (the name and start mode stay)."""
+        fresh = BackendState(name=self.name, default_mode=self.default_mode)
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(fresh, name))
+
+    def configure(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply a ``/_control`` payload; raise ControlError on anything unknown."""
+        unknown = set(payload) - MODE_KEYS - SETTING_KEYS - {"route"}
+        if unknown:
+            raise ControlError(f"unknown control keys: {sorted(unknown)}")
+        route = payload.get("route")
+        if route is not None and route not in ROUTES:
+            raise ControlError(f"unknown route {route!r}; routes: {', '.join(ROUTES)}")
+        if payload.get("mode") == "inherit":
+            if route is None:
+                raise ControlError("mode 'inherit' needs a route")
+            self.route_modes.pop(route, None)
+        elif MODE_KEYS & set(payload):
+            config = _mode_config(payload)
+            if route is None:
+                self.global_mode = config
+            else:
+                self.route_modes[route] = config
+        self._apply_settings(payload)
+        return self.describe()
+
+    def _apply_settings(self, payload: Mapping[str, Any]) -> None:
+        settings = self.settings
+        if "job_delay_ms" in payload:
+            settings.job_delay_ms = _number(payload, "job_delay_ms")
+        if "job_status" in payload:
+            if payload["job_status"] not in JOB_STATUSES:
+                raise ControlError(f"job_status must be one of {JOB_STATUSES}")
+            settings.job_status = payload["job_status"]
+        if "job_error" in payload:
+            settings.job_error = payload["job_error"]
+        if "models" in payload:
+            models = payload["models"]
+            if models is not None and not (
+                isinstance(models, list) and all(isinstance(m, str) for m in models)
+            ):
+                raise ControlError("models must be a list of strings or null")
+            settings.models = models
+        if "api_key" in payload:
+            settings.api_key = payload["api_key"] or None
+
+    def describe(self) -> dict[str, Any]:
+        """The current modes and settings (the API key shown only as set or not)."""
+        settings = asdict(self.settings)
+        settings["api_key"] = settings["api_key"] is not None
+        return {
+            "name": self.name,
+            "global": asdict(self.global_mode),
+            "routes": {route: asdict(config) for route, config in self.route_modes.items()},
+            "settings": settings,
+        }
+
+    def take_mode(self, route: str) -> ModeConfig:
+        """The mode this request gets, consuming one unit of ``fail_next`` if set."""
+        scoped = route in self.route_modes
+        config = self.route_modes[route] if scoped else self.global_mode
+        if config.fail_next is None:
+            return config
+        if config.fail_next <= 0:
+            return ModeConfig()
+        remaining = ModeConfig(**{**asdict(config), "fail_next": config.fail_next - 1})
+        if scoped:
+            self.route_modes[route] = remaining
+        else:
+            self.global_mode = remaining
+        return config
+
+    def stats(self) -> dict[str, Any]:
+        """Counts as plain JSON-able dicts."""
+        return {
+            "name": self.name,
+            "requests": dict(self.requests),
+            "outcomes": {route: dict(counts) for route, counts in self.outcomes.items()},
+            "job_posts": dict(self.job_posts),
+            "job_submissions": dict(self.job_submissions),
+            "jobs_created": sum(self.job_submissions.values()),
+            "last_request": dict(self.last_request),
+        }
+
+
+def _checked_mode(mode: Any) -> str:
+    if mode not in MODES:
+        raise ControlError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
+    return str(mode)
+
+
+def _number(payload: Mapping[str, Any], key: str) -> float:
+    value = payload[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ControlError(f"{key} must be a non-negative number")
+    return float(value)
+
+
+def _mode_config(payload: Mapping[str, Any]) -> ModeConfig:
+    if "mode" in payload:
+        mode = _checked_mode(payload["mode"])
+    elif payload.get("fail_next") is not None:
+        mode = "error"
+    elif "delay_ms" in payload:
+        mode = "slow"
+    else:
+        mode = "healthy"
+    config = ModeConfig(mode=mode)
+    changes: dict[str, Any] = {}
+    if "status" in payload:
+        status = payload["status"]
+        if not isinstance(status, int) or not 100 <= status <= 599:
+            raise ControlError("status must be an HTTP status code")
+        changes["status"] = status
+    if "body" in payload:
+        changes["body"] = payload["body"]
+    for key in ("delay_ms", "retry_after"):
+        if key in payload:
+            changes[key] = _number(payload, key)
+    if payload.get("fail_next") is not None:
+        fail_next = payload["fail_next"]
+        if not isinstance(fail_next, int) or isinstance(fail_next, bool) or fail_next < 0:
+            raise ControlError("fail_next must be a non-negative integer")
+        changes["fail_next"] = fail_next
+    if "echo_headers" in payload:
+        changes["echo_headers"] = bool(payload["echo_headers"])
+    return ModeConfig(**{**asdict(config), **changes})
+
+
+# --------------------------------------------------------------------------- replies
+
+
+def _text_of(content: Any) -> str:
+    """Text of an OpenAI/Anthropic message content: a string or a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def _conversation(body: Mapping[str, Any]) -> tuple[str, int]:
+    """The last user message, and the prompt's token count (characters/4, at least 1)."""
+    messages = body.get("messages")
+    messages = messages if isinstance(messages, list) else []
+    texts = [_text_of(m.get("content")) for m in messages if isinstance(m, dict)]
+    system = body.get("system")
+    chars = sum(len(text) for text in texts) + (len(system) if isinstance(system, str) else 0)
+    last_user = next(
+        (
+            _text_of(m.get("content"))
+            for m in reversed(messages)
+            if isinstance(m, dict) and m.get("role") == "user"
+        ),
+        "",
+    )
+    return last_user, max(1, chars // 4)
+
+
+def _json_bytes(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+class FakeServer:
+    """The aiohttp application around a :class:`BackendState`."""
+
+    def __init__(self, state: BackendState) -> None:
+        self.state = state
+        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        self._headers = {"x-fake-backend": state.name}
+        add = self.app.router.add_route
+        for path in ("/chat/completions", "/v1/chat/completions"):
+            add("POST", path, self._route("openai", self._openai))
+        for path in ("/v1/messages", "/messages"):
+            add("POST", path, self._route("anthropic", self._anthropic))
+        add("POST", "/jobs", self._route("jobs", self._submit_job))
+        add("GET", "/jobs/{job_id}", self._route("jobs_poll", self._poll_job))
+        for path in ("/models", "/v1/models"):
+            add("GET", path, self._route("models", self._models))
+        add("POST", "/_control", self._control)
+        add("GET", "/_control", self._describe)
+        add("GET", "/_stats", self._stats)
+        add("POST", "/_reset", self._reset)
+
+    # ---------------------------------------------------------------- steering
+
+    async def _control(self, request: web.Request) -> web.Response:
+        try:
+            payload = await request.json()
+            if not isinstance(payload, dict):
+                raise ControlError("the control body must be a JSON object")
+            described = self.state.configure(payload)
+        except (ControlError, ValueError) as exc:
+            return self._json({"error": str(exc)}, status=400)
+        return self._json(described)
+
+    async def _describe(self, request: web.Request) -> web.Response:
+        return self._json(self.state.describe())
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return self._json(self.state.stats())
+
+    async def _reset(self, request: web.Request) -> web.Response:
+        self.state.reset()
+        return self._json({"reset": True})
+
+    # ---------------------------------------------------------------- protocol routes
+
+    def _route(
+        self,
+        route: str,
+        build: Callable[[web.Request, Mapping[str, Any], bool], Awaitable[tuple[int, Any]]],
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """Wrap a route's answer builder in counting, auth and failure modes."""
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            state = self.state
+            state.requests[route] += 1
+            body: Mapping[str, Any] = {}
+            if request.method == "POST":
+                try:
+                    parsed = await request.json()
+                except ValueError:
+                    parsed = None
+                if not isinstance(parsed, dict):
+                    state.outcomes[route]["bad_request"] += 1
+                    return self._error_json(400, "request body must be a JSON object")
+                body = parsed
+            state.last_request[route] = {
+                "path": request.path,
+                "json": body,
+                "headers": {
+                    key: request.headers[key]
+                    for key in ("authorization", "x-api-key", "anthropic-version")
+                    if key in request.headers
+                },
+            }
+            if not self._authorized(request):
+                state.outcomes[route]["unauthorized"] += 1
+                return self._error_json(401, "invalid api key", kind="authentication_error")
+            config = state.take_mode(route)
+            mode = config.mode
+            state.outcomes[route][mode] += 1
+            if mode == "hang":
+                await asyncio.get_running_loop().create_future()
+            if mode == "slow":
+                await asyncio.sleep(config.delay_ms / 1000)
+            elif mode == "error":
+                return self._error_reply(request, config)
+            elif mode == "rate_limit":
+                return self._error_json(
+                    429,
+                    "rate limit exceeded",
+                    kind="rate_limit_error",
+                    headers={"retry-after": f"{config.retry_after:g}"},
+                )
+            elif mode == "malformed":
+                return web.Response(
+                    body=b'{"id": "x", "choices": [{"message": {"content": "tru',
+                    content_type="application/json",
+                    headers=self._headers,
+                )
+            requested_model = body.get("model")
+            model = requested_model if isinstance(requested_model, str) else DEFAULT_MODEL
+            served = state.settings.models
+            if mode == "unknown_model" or (
+                served is not None and route != "models" and "model" in body and model not in served
+            ):
+                return self._model_not_found(route, model)
+            status, payload = await build(request, body, mode == "empty")
+            data = _json_bytes(payload)
+            if mode == "drop" and status < 300:
+                return await self._drop(request, status, data)
+            return web.Response(
+                body=data, status=status, content_type="application/json", headers=self._headers
+            )
+
+        return handle
+
+    def _authorized(self, request: web.Request) -> bool:
+        expected = self.state.settings.api_key
+        if expected is None:
+            return True
+        return request.headers.get("authorization") == f"Bearer {expected}" or (
+            request.headers.get("x-api-key") == expected
+        )
+
+    async def _openai(
+        self, request: web.Request, body: Mapping[str, Any], empty: bool
+    ) -> tuple[int, Any]:
+        last_user, prompt_tokens = _conversation(body)
+        text = f"[{self.state.name}] echo: {last_user}"
+        output_tokens = max(1, len(text) // 4)
+        choices = [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop",
+            }
+        ]
+        return 200, {
+            "id": f"chatcmpl-{self.state.name}",
+            "object": "chat.completion",
+            "model": body.get("model", DEFAULT_MODEL),
+            "choices": [] if empty else choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": output_tokens,
+                "total_tokens": prompt_tokens + output_tokens,
+            },
+        }
+
+    async def _anthropic(
+        self, request: web.Request, body: Mapping[str, Any], empty: bool
+    ) -> tuple[int, Any]:
+        last_user, input_tokens = _conversation(body)
+        text = f"[{self.state.name}] echo: {last_user}"
+        return 200, {
+            "id": f"msg_{self.state.name}",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model", DEFAULT_MODEL),
+            "content": [] if empty else [{"type": "text", "text": text}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": input_tokens, "output_tokens": max(1, len(text) // 4)},
+        }
+
+    async def _submit_job(
+        self, request: web.Request, body: Mapping[str, Any], empty: bool
+    ) -> tuple[int, Any]:
+        state = self.state
+        key = body.get("idempotency_key")
+        key = key if isinstance(key, str) and key else f"anonymous-{next(state.job_counter)}"
+        state.job_posts[key] += 1
+        job_id = state.job_ids_by_key.get(key)
+        if job_id is None:
+            job_id = f"job-{state.name}-{next(state.job_counter)}"
+            last_user, input_tokens = _conversation(body)
+            state.jobs[job_id] = Job(
+                id=job_id,
+                key=key,
+                model=str(body.get("model", DEFAULT_MODEL)),
+                prompt=last_user,
+                input_tokens=input_tokens,
+                created=asyncio.get_running_loop().time(),
+                delay=state.settings.job_delay_ms / 1000,
+                outcome=state.settings.job_status,
+                error=state.settings.job_error,
+            )
+            state.job_ids_by_key[key] = job_id
+            state.job_submissions[key] += 1
+        if empty:
+            return 202, {}
+        return 202, {"id": job_id, "status": "queued"}
+
+    async def _poll_job(
+        self, request: web.Request, body: Mapping[str, Any], empty: bool
+    ) -> tuple[int, Any]:
+        job = self.state.jobs.get(request.match_info["job_id"])
+        if job is None:
+            return 404, {"error": {"message": "job not found", "type": "not_found"}}
+        elapsed = asyncio.get_running_loop().time() - job.created
+        if elapsed < job.delay:
+            status = "queued" if elapsed < job.delay / 4 else "running"
+            return 200, {"id": job.id, "status": status}
+        if job.outcome == "failed":
+            error = job.error if job.error is not None else "injected job failure"
+            return 200, {"id": job.id, "status": "failed", "error": error}
+        text = "" if empty else f"[{self.state.name}] echo: {job.prompt}"
+        output_tokens = max(1, len(text) // 4)
+        return 200, {
+            "id": job.id,
+            "status": "succeeded",
+            "result": {
+                "text": text,
+                "usage": {"input_tokens": job.input_tokens, "output_tokens": output_tokens},
+                "cost_usd": round(
+                    job.input_tokens * INPUT_USD_PER_TOKEN + output_tokens * OUTPUT_USD_PER_TOKEN,
+                    12,
+                ),
+            },
+            "error": None,
+        }
+
+    async def _models(
+        self, request: web.Request, body: Mapping[str, Any], empty: bool
+    ) -> tuple[int, Any]:
+        models = self.state.settings.models or [DEFAULT_MODEL]
+        data = [{"id": model, "object": "model", "owned_by": self.state.name} for model in models]
+        return 200, {"object": "list", "data": [] if empty else data}
+
+    # ---------------------------------------------------------------- failure replies
+
+    def _json(self, payload: Any, *, status: int = 200) -> web.Response:
+        return web.Response(
+            body=_json_bytes(payload),
+            status=status,
+            content_type="application/json",
+            headers=self._headers,
+        )
+
+    def _error_json(
+        self,
+        status: int,
+        message: str,
+        *,
+        kind: str = "invalid_request_error",
+        headers: Mapping[str, str] | None = None,
+    ) -> web.Response:
+        payload = {"error": {"message": message, "type": kind, "code": status}}
+        return web.Response(
+            body=_json_bytes(payload),
+            status=status,
+            content_type="application/json",
+            headers={**self._headers, **(headers or {})},
+        )
+
+    def _error_reply(self, request: web.Request, config: ModeConfig) -> web.Response:
+        if config.body is not None and not config.echo_headers:
+            raw = config.body if isinstance(config.body, str) else json.dumps(config.body)
+            return web.Response(
+                text=raw,
+                status=config.status,
+                content_type="application/json",
+                headers=self._headers,
+            )
+        error: dict[str, Any] = {
+            "message": f"injected error {config.status} from {self.state.name}",
+            "type": "server_error" if config.status >= 500 else "invalid_request_error",
+            "code": config.status,
+        }
+        if config.echo_headers:
+            error["request_headers"] = dict(request.headers)
+        return self._json({"error": error}, status=config.status)
+
+    def _model_not_found(self, route: str, model: str) -> web.Response:
+        if route == "anthropic":
+            payload: dict[str, Any] = {
+                "type": "error",
+                "error": {"type": "not_found_error", "message": f"model: {model}"},
+            }
+        else:
+            payload = {
+                "error": {
+                    "message": (
+                        f"The model `{model}` does not exist or you do not have access to it."
+                    ),
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "model_not_found",
+                }
+            }
+        return self._json(payload, status=404)
+
+    async def _drop(self, request: web.Request, status: int, data: bytes) -> web.StreamResponse:
+        """Promise the whole body in Content-Length, send half, close the socket."""
+        response = web.StreamResponse(status=status, headers=self._headers)
+        response.content_type = "application/json"
+        response.content_length = len(data)
+        await response.prepare(request)
+        await response.write(data[: len(data) // 2])
+        if request.transport is not None:
+            request.transport.close()
+        return response
+
+
+# --------------------------------------------------------------------------- in-process API
+
+
+def control_payload(**values: Any) -> dict[str, Any]:
+    """A ``/_control`` payload from keyword arguments, leaving out the ones set to None."""
+    return {key: value for key, value in values.items() if value is not None}
+
+
+class FakeBackend:
+    """A fake backend inside the running event loop: ``async with FakeBackend() as fb``.
+
+    Listens on ``port`` (0: a free port, see :attr:`url` once started). Steering methods
+    act on the state directly, so they take effect before the next request.
+    """
+
+    def __init__(
+        self,
+        name: str = "fake",
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        mode: str = "healthy",
+    ) -> None:
+        self.name = name
+        self.host = host
+        self.state = BackendState(name=name, default_mode=mode)
+        self.server = FakeServer(self.state)
+        self._requested_port = port
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:41234`` (append ``/v1`` for OpenAI clients)."""
+        if not self.port:
+            raise RuntimeError("the fake backend is not started")
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind and start accepting connections."""
+        runner = web.AppRunner(
+            self.server.app,
+            access_log=None,
+            handle_signals=False,
+            handler_cancellation=True,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self._requested_port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        """Stop listening and cancel requests still in flight (hung ones included)."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def __aenter__(self) -> FakeBackend:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def set_mode(
+        self,
+        mode: str | None = None,
+        *,
+        route: str | None = None,
+        status: int | None = None,
+        body: Any = None,
+        delay_ms: float | None = None,
+        retry_after: float | None = None,
+        fail_next: int | None = None,
+        echo_headers: bool | None = None,
+    ) -> None:
+        """Set the failure mode of ``route`` (or of every route); see the module docstring."""
+        payload = control_payload(
+            mode=mode,
+            status=status,
+            body=body,
+            delay_ms=delay_ms,
+            retry_after=retry_after,
+            fail_next=fail_next,
+            echo_headers=echo_headers,
+        )
+        if not payload:
+            payload = {"mode": "healthy"}
+        if route is not None:
+            payload["route"] = route
+        self.state.configure(payload)
+
+    def configure(self, **settings: Any) -> None:
+        """Change settings: job_delay_ms, job_status, job_error, models, api_key."""
+        unknown = set(settings) - SETTING_KEYS
+        if unknown:
+            raise ControlError(f"unknown settings: {sorted(unknown)}")
+        self.state.configure(settings)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the counters (see ``GET /_stats``)."""
+        return self.state.stats()
+
+    def reset(self) -> None:
+        """Back to the start mode, with counters and jobs forgotten."""
+        self.state.reset()
+
+
+class FakeBackendThread:
+    """A fake backend on its own event loop in a daemon thread, for synchronous code.
+
+    ``with FakeBackendThread(name="a") as fb: ...`` then steer it like :class:`FakeBackend`
+    (``set_mode``, ``configure``, ``stats()``, ``reset``); calls are marshalled onto the
+    backend's loop, so they are safe from any thread.
+    """
+
+    def __init__(
+        self,
+        name: str = "fake",
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        mode: str = "healthy",
+    ) -> None:
+        self.backend = FakeBackend(name, host=host, port=port, mode=mode)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping: asyncio.Event | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL of the running backend."""
+        return self.backend.url
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the thread and return once the backend accepts connections."""
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        async def serve() -> None:
+            self._stopping = asyncio.Event()
+            try:
+                await self.backend.start()
+            except BaseException as exc:
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            try:
+                await self._stopping.wait()
+            finally:
+                await self.backend.stop()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                loop.run_until_complete(serve())
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(
+            target=run, name=f"fake-backend-{self.backend.name}", daemon=True
+        )
+        self._thread.start()
+        if not ready.wait(timeout):
+            raise TimeoutError("the fake backend did not start")
+        if failure:
+            self._thread.join()
+            raise failure[0]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the backend and join the thread."""
+        if self._thread is None or self._loop is None or self._stopping is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop already ended
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join(timeout)
+        self._thread = None
+
+    def _run(self, function: Callable[[], Any]) -> Any:
+        if self._loop is None:
+            raise RuntimeError("the fake backend is not started")
+
+        async def call() -> Any:
+            return function()
+
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(10.0)
+
+    def set_mode(self, mode: str | None = None, **options: Any) -> None:
+        """As :meth:`FakeBackend.set_mode`."""
+        self._run(lambda: self.backend.set_mode(mode, **options))
+
+    def configure(self, **settings: Any) -> None:
+        """As :meth:`FakeBackend.configure`."""
+        self._run(lambda: self.backend.configure(**settings))
+
+    def stats(self) -> dict[str, Any]:
+        """As :attr:`FakeBackend.stats`."""
+        result: dict[str, Any] = self._run(lambda: self.backend.stats)
+        return result
+
+    def reset(self) -> None:
+        """As :meth:`FakeBackend.reset`."""
+        self._run(self.backend.reset)
+
+    def __enter__(self) -> FakeBackendThread:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class FakeBackendControl:
+    """Steer a fake backend running elsewhere (another process) over its HTTP API.
+
+    ``FakeBackendControl(url).set(mode="error", status=503, route="openai")``;
+    ``.stats()``; ``.reset()``. The ``a``-prefixed methods are the async equivalents.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def set(self, **values: Any) -> dict[str, Any]:
+        """POST /_control with the given keys (None values left out); returns the config."""
+        return self._sync("POST", "/_control", control_payload(**values))
+
+    def stats(self) -> dict[str, Any]:
+        """GET /_stats."""
+        return self._sync("GET", "/_stats", None)
+
+    def reset(self) -> dict[str, Any]:
+        """POST /_reset."""
+        return self._sync("POST", "/_reset", None)
+
+    async def aset(self, **values: Any) -> dict[str, Any]:
+        """Async :meth:`set`."""
+        return await self._async("POST", "/_control", control_payload(**values))
+
+    async def astats(self) -> dict[str, Any]:
+        """Async :meth:`stats`."""
+        return await self._async("GET", "/_stats", None)
+
+    async def areset(self) -> dict[str, Any]:
+        """Async :meth:`reset`."""
+        return await self._async("POST", "/_reset", None)
+
+    def _sync(self, method: str, path: str, payload: Any) -> dict[str, Any]:
+        with httpx.Client(timeout=self.timeout) as client:
+            response = client.request(method, self.url + path, json=payload)
+        return _control_answer(response)
+
+    async def _async(self, method: str, path: str, payload: Any) -> dict[str, Any]:
+        async with httpx.AsyncClient(timeout=self.timeout) as client:
+            response = await client.request(method, self.url + path, json=payload)
+        return _control_answer(response)
+
+
+def _control_answer(response: httpx.Response) -> dict[str, Any]:
+    data = response.json()
+    if response.status_code != 200:
+        raise ControlError(str(data.get("error", data)) if isinstance(data, dict) else str(data))
+    if not isinstance(data, dict):
+        raise ControlError(f"unexpected control answer: {data!r}")
+    return data
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+async def _serve(host: str, port: int, name: str, mode: str) -> None:
+    backend = FakeBackend(name, host=host, port=port, mode=mode)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with backend:
+        print(f"fake-backend {name} listening on {backend.url}", flush=True)
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m chainop.testing.fake_backend --port PORT [--host] [--name] [--mode]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m chainop.testing.fake_backend",
+        description="A fake OpenAI/Anthropic/jobs backend that fails on cue.",
+    )
+    parser.add_argument("--port", type=int, required=True, help="port to listen on (0: any)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
+    parser.add_argument("--name", default="fake", help="name shown in replies and stats")
+    parser.add_argument("--mode", default="healthy", choices=MODES, help="initial mode")
+    args = parser.parse_args(argv)
+    asyncio.run(_serve(args.host, args.port, args.name, args.mode))
+
+
+if __name__ == "__main__":
+    main()
