@@ -1,0 +1,32 @@
+# chainop developer targets. `make help` lists them.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+.PHONY: help install lint test unit cluster-build cluster-up cluster-down crds
+
+help: ## list targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+cluster-build: ## build kube-apiserver, kube-controller-manager and helm into .cache/bin (Go, no Docker)
+	hack/cluster-build.sh
+
+cluster-up: ## start the local control plane (etcd + apiserver + controller-manager); KUBECONFIG=.cluster/kubeconfig
+	hack/cluster-up.sh
+
+cluster-down: ## stop the local control plane (WIPE=1 also deletes .cluster/)
+	WIPE=$(or $(WIPE),0) hack/cluster-down.sh
+
+install: ## create .venv and install chainop with its dev dependencies
+	hack/install.sh
+
+lint: install ## ruff, mypy --strict, import-linter (and helm lint once the chart exists)
+	hack/lint.sh
+
+test: ## THE test command: install, lint, start the control plane, run all tests, stop it
+	hack/test.sh
+
+unit: install ## only the fast tests that need no control plane
+	.venv/bin/pytest tests/unit
+
+crds: install ## regenerate crds/ from the pydantic models
+	.venv/bin/python -m chainop.crds --write crds/

@@ -1,0 +1,1 @@
+"""Test and demo support: fake backends, the local control plane, the supervisor."""
