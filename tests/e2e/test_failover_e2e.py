@@ -64,8 +64,10 @@ def test_http_500_fails_over_and_benched_provider_is_skipped(kit: Kit, operator,
     assert outcomes(status) == [("primary", "Skipped"), ("secondary", "Succeeded")]
     assert "cooling down until" in status["attempts"][0]["error"]
     assert primary.stats()["requests"].get("openai", 0) == calls_before
-    assert "Failover" in kit.event_reasons("first")
-    assert "ProviderBenched" in kit.event_reasons("default")
+    kit.wait_until(lambda: "Failover" in kit.event_reasons("first"), what="Failover Event")
+    kit.wait_until(
+        lambda: "ProviderBenched" in kit.event_reasons("default"), what="ProviderBenched Event"
+    )
 
 
 def test_terminus_is_attempted_even_when_benched(kit: Kit, operator, backends):
