@@ -48,23 +48,13 @@ def kit(kube_api: KubeApi, namespace: str, crds: None) -> Kit:
     return Kit(kube_api, namespace)
 
 
-def operator_command(namespace: str, metrics_port: int) -> list[str]:
+def operator_command(namespace: str, metrics_port: int, liveness_port: int) -> list[str]:
     """``chainop run`` watching one namespace, with short loops for tests."""
     return [
-        sys.executable,
-        "-m",
-        "chainop",
-        "run",
-        "--namespace",
-        namespace,
-        "--metrics-port",
-        str(metrics_port),
-        "--metrics-address",
-        "127.0.0.1",
-        "--tick",
-        "0.1",
-        "--log-format",
-        "full",
+        *(sys.executable, "-m", "chainop", "run", "--namespace", namespace),
+        *("--metrics-port", str(metrics_port), "--metrics-address", "127.0.0.1"),
+        *("--liveness", f"http://127.0.0.1:{liveness_port}/healthz"),
+        *("--tick", "0.1", "--log-format", "full"),
     ]
 
 
@@ -75,11 +65,13 @@ class Operator:
         self._start = start
         self.namespace = namespace
         self.metrics_port = cluster_helpers.free_port()
+        self.liveness_port = cluster_helpers.free_port()
         self.runner: ProcessRunner | None = None
 
     def start(self) -> Operator:
         self.runner = self._start(
-            operator_command(self.namespace, self.metrics_port), name="operator"
+            operator_command(self.namespace, self.metrics_port, self.liveness_port),
+            name="operator",
         )
         self.runner.wait_for_log(r"chainop started", timeout=60)
         return self

@@ -220,14 +220,17 @@ def test_metrics_endpoint_exports_the_documented_families(kit: Kit, operator, ba
     text = (
         urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics").read().decode()
     )
-    for family in (
-        'chainop_provider_requests_total{chain="default",namespace="%s",outcome="TransientError",provider="local-a"} 1.0',
-        'chainop_failovers_total{chain="default",from_provider="local-a",namespace="%s",to_provider="cloud-b"} 1.0',
-        'chainop_spillovers_total{chain="default",from_provider="local-a",namespace="%s",to_provider="cloud-b"} 1.0',
-        'chainop_benchings_total{chain="default",namespace="%s",provider="local-a"} 1.0',
-        'chainop_tasks_total{namespace="%s",phase="Succeeded"} 1.0',
+    ns = f'namespace="{kit.namespace}"'
+    hop = f'from_provider="local-a",{ns},to_provider="cloud-b"'
+    for sample in (
+        f'chainop_provider_requests_total{{chain="default",{ns},outcome="TransientError",'
+        'provider="local-a"} 1.0',
+        f'chainop_failovers_total{{chain="default",{hop}}} 1.0',
+        f'chainop_spillovers_total{{chain="default",{hop}}} 1.0',
+        f'chainop_benchings_total{{chain="default",{ns},provider="local-a"}} 1.0',
+        f'chainop_tasks_total{{{ns},phase="Succeeded"}} 1.0',
     ):
-        assert family % kit.namespace in text, family
+        assert sample in text, sample
     for name in (
         "chainop_provider_state",
         "chainop_provider_request_duration_seconds_bucket",

@@ -172,3 +172,58 @@ def test_max_restarts_per_hour_holds(kit: Kit, operator, supervisor):
     assert supervisor.restarts(kit.namespace, "vllm") == 2
     history = kit.deployment("vllm")["metadata"]["annotations"]["chainop.dev/restart-history"]
     assert len(history.split(",")) == 2
+
+
+def test_exclusion_resumes_from_status_after_an_operator_restart(
+    kit: Kit, operator, backends, supervisor
+):
+    port = free_port()
+    kit.create_deployment("vllm")
+    supervisor.bind(kit.namespace, "vllm", backend_command(port), port)
+    control = FakeBackendControl(f"http://127.0.0.1:{port}")
+    control.set(mode="error", status=503)
+    kit.create_chain(
+        "default",
+        [vllm_provider(kit, port), kit.provider("cloud", backends("cloud").url)],
+        health=PROBING,
+        selfHealing={"restartBackends": False, "recovery": {"initialSeconds": 1, "maxSeconds": 2}},
+    )
+    kit.wait_until(
+        lambda: order_and_state(kit, "default") == (["cloud"], "Excluded"),
+        what="vllm Excluded",
+    )
+    before = kit.provider_status("default", "vllm")
+    operator.kill()
+    operator.start()
+    # Resumed, not forgotten: the new process keeps making recovery probes for the same
+    # exclusion (it would have re-excluded it at a new time had it forgotten).
+    kit.wait_until(
+        lambda: (
+            kit.provider_status("default", "vllm").get("recoveryAttempts", 0)
+            > before.get("recoveryAttempts", 0)
+        ),
+        what="recovery probes by the restarted operator",
+    )
+    after = kit.provider_status("default", "vllm")
+    assert after["state"] == "Excluded"
+    assert after["excludedSince"] == before["excludedSince"]
+    control.set(mode="healthy")
+    kit.wait_until(
+        lambda: order_and_state(kit, "default") == (["vllm", "cloud"], "Healthy"),
+        timeout=30,
+        what="vllm restored after the operator restart",
+    )
+
+
+def test_liveness_endpoint_answers(kit: Kit, operator):
+    import urllib.request
+
+    kit.wait_until(
+        lambda: (
+            urllib.request.urlopen(
+                f"http://127.0.0.1:{operator.liveness_port}/healthz", timeout=2
+            ).status
+            == 200
+        ),
+        what="/healthz 200",
+    )
