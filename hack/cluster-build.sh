@@ -10,6 +10,9 @@
 # Environment overrides:
 #   K8S_VERSION   (default v1.36.3)   HELM_VERSION (default v3.22.0)
 #   CHAINOP_CACHE (default <repo>/.cache)
+#   CHAINOP_SHARED_CACHE (default ${XDG_CACHE_HOME:-~/.cache}/chainop): built binaries are
+#                 also copied there, so a fresh clone on the same machine (CI) reuses them
+#                 instead of building again; never required (set it to "" to disable).
 #   FORCE=1       rebuild even if the stamps match
 set -euo pipefail
 
@@ -19,6 +22,7 @@ HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 CACHE="${CHAINOP_CACHE:-$REPO_ROOT/.cache}"
 BIN="$CACHE/bin"
 FORCE="${FORCE:-0}"
+SHARED="${CHAINOP_SHARED_CACHE-${XDG_CACHE_HOME:-$HOME/.cache}/chainop}"
 
 log() { printf '[cluster-build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -60,8 +64,34 @@ setup_go() {  # the Go environment; only needed (and only probed) when something
 stamp_ok() {  # stamp_ok <name> <version> <binary>...
     local name="$1" version="$2"; shift 2
     [[ "$FORCE" == 1 ]] && return 1
-    [[ -f "$BIN/.stamp-$name" && "$(cat "$BIN/.stamp-$name")" == "$version" ]] || return 1
-    local b; for b in "$@"; do [[ -x "$BIN/$b" ]] || return 1; done
+    if ! { [[ -f "$BIN/.stamp-$name" && "$(cat "$BIN/.stamp-$name")" == "$version" ]] \
+            && all_executable "$BIN" "$@"; }; then
+        restore_shared "$name" "$version" "$@" || return 1
+    fi
+}
+
+all_executable() {  # all_executable <dir> <binary>...
+    local dir="$1"; shift
+    local b; for b in "$@"; do [[ -x "$dir/$b" ]] || return 1; done
+}
+
+restore_shared() {  # restore_shared <name> <version> <binary>...: copy from the machine cache
+    local name="$1" version="$2"; shift 2
+    local from="$SHARED/$name-$version"
+    [[ -n "$SHARED" ]] && all_executable "$from" "$@" || return 1
+    mkdir -p "$BIN"
+    local b; for b in "$@"; do cp -f "$from/$b" "$BIN/$b.tmp" && mv -f "$BIN/$b.tmp" "$BIN/$b"; done
+    echo "$version" >"$BIN/.stamp-$name"
+    log "$name $version reused from the machine cache $from"
+}
+
+publish_shared() {  # publish_shared <name> <version> <binary>...: best effort, never fatal
+    local name="$1" version="$2"; shift 2
+    [[ -n "$SHARED" ]] || return 0
+    local to="$SHARED/$name-$version"
+    (mkdir -p "$to.tmp.$$" && for b in "$@"; do cp -f "$BIN/$b" "$to.tmp.$$/$b"; done \
+        && rm -rf "$to" && mv "$to.tmp.$$" "$to") 2>/dev/null \
+        || { rm -rf "$to.tmp.$$"; log "note: could not copy $name to $SHARED (fine)"; }
 }
 
 # Run `go build -v`, printing a progress line every 100 packages (full log kept on disk).
@@ -141,6 +171,7 @@ EOF
         "$BIN/$c" --version >&2
     done
     echo "$K8S_VERSION" >"$BIN/.stamp-kubernetes"
+    publish_shared kubernetes "$K8S_VERSION" "${comps[@]}"
 }
 
 build_helm() {
@@ -178,6 +209,7 @@ EOF
     mv -f "$BIN/helm.tmp" "$BIN/helm"
     "$BIN/helm" version --short >&2 || true
     echo "$HELM_VERSION" >"$BIN/.stamp-helm"
+    publish_shared helm "$HELM_VERSION" helm
 }
 
 t0=$SECONDS
