@@ -22,6 +22,7 @@ Exception tree::
 from __future__ import annotations
 
 import enum
+import json
 
 
 class ErrorKind(enum.StrEnum):
@@ -139,7 +140,7 @@ def classify_status(
     "model" and "not found"/"does not exist", is model-not-found; any other 404 is a
     permanent fault (a wrong endpoint path cannot be fixed by retrying).
     """
-    excerpt = body_text[:200].replace("\n", " ").strip()
+    excerpt = _error_message(body_text)[:200].replace("\n", " ").strip()
     detail = f"HTTP {status_code}" + (f": {excerpt}" if excerpt else "")
     lowered = body_text.lower()
     if status_code == 429:
@@ -152,6 +153,24 @@ def classify_status(
     ):
         return ModelNotFoundError(detail, status_code=404)
     return PermanentError(detail, status_code=status_code)
+
+
+def _error_message(body_text: str) -> str:
+    """The human part of an error body: ``error.message`` of OpenAI/Anthropic-style JSON,
+    else the body itself. Purely computational."""
+    try:
+        parsed = json.loads(body_text)
+    except ValueError:
+        return body_text
+    if isinstance(parsed, dict):
+        error = parsed.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+        if isinstance(parsed.get("message"), str):
+            return str(parsed["message"])
+    return body_text
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -79,7 +79,7 @@ def from_status(
     "model `x` does not exist" in status, not enough to flood it.
     """
     text = body[: BODY_EXCERPT_CHARS * 4].decode("utf-8", errors="replace")
-    text = redact(text, secrets)[:BODY_EXCERPT_CHARS]
+    text = redact(text, secrets)  # classify_status keeps a short excerpt of the message
     retry_after = core_errors.parse_retry_after(headers.get("retry-after"))
     return core_errors.classify_status(
         status_code, body_text=text, model=model, retry_after=retry_after
