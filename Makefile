@@ -30,3 +30,8 @@ unit: install ## only the fast tests that need no control plane
 
 crds: install ## regenerate crds/ from the pydantic models
 	.venv/bin/python -m chainop.crds --write crds/
+
+.PHONY: demo
+demo: ## the end-to-end demo on the local control plane (ARGS=--keep-cluster leaves it running)
+	hack/install.sh
+	hack/demo.sh $(ARGS)

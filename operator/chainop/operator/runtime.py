@@ -88,6 +88,8 @@ class ChainRuntime:
     written: dict[str, Any] | None = None
     written_at: float = 0.0
     validated_at: float = 0.0
+    built_fingerprint: tuple[Any, ...] | None = None
+    next_expiry: float | None = None
     restart_notices: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -106,8 +108,36 @@ class ChainRuntime:
             return []
         return healing.active_order([p.name for p in self.spec.providers], self.board.all())
 
+    def _fingerprint(self) -> tuple[Any, ...]:
+        return (
+            self.board.version if self.board else None,
+            id(self.spec),
+            self.invalid,
+            self.generation,
+        )
+
+    def needs_build(self, *, now: float, refresh: float) -> bool:
+        """Whether anything that status shows may have changed since the last build.
+
+        Cheap, so the loop can ask every chain every tick: health changes bump the
+        board's version; the one change time makes on its own (a cooldown running out)
+        is remembered as ``next_expiry``; probe timestamps refresh every ``refresh``.
+        """
+        return (
+            self._fingerprint() != self.built_fingerprint
+            or (self.next_expiry is not None and now >= self.next_expiry)
+            or now - self.written_at >= refresh
+        )
+
     def build_status(self, *, now: float) -> ProviderChainStatus:
         """The status to write, from spec, health and validation."""
+        self.built_fingerprint = self._fingerprint()
+        expiries = [
+            h.cooldown_until
+            for h in (self.board.all() if self.board else [])
+            if h.cooldown_until is not None and h.cooldown_until > now
+        ]
+        self.next_expiry = min(expiries) if expiries else None
         if self.spec is None or self.board is None:
             reason, message = self.invalid or ("Pending", "")
             return status.invalid_chain_status(
@@ -551,6 +581,8 @@ class Runtime:
         """Write each chain's status if it changed (see module docstring)."""
         writes = []
         for runtime in list(self.chains.values()):
+            if not runtime.needs_build(now=now, refresh=self.config.status_refresh_seconds):
+                continue
             built = runtime.build_status(now=now)
             wire = built.model_dump(by_alias=True, mode="json", exclude_none=False)
             significant = status.significant(wire)
@@ -586,6 +618,7 @@ class Runtime:
                 log.warning(
                     "status of chain %s/%s not written: %s", runtime.namespace, runtime.name, error
                 )
+                runtime.built_fingerprint = None  # try again next tick
             return
         self.metrics.status_writes.labels("ProviderChain").inc()
         runtime.written = wire
