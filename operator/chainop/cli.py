@@ -54,6 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="aiohttp",
         help="HTTP transport for provider calls",
     )
+    run.add_argument(
+        "--allow-endpoint",
+        action="append",
+        default=[],
+        metavar="HOST_OR_CIDR",
+        help=(
+            "only let chains call these hosts (exact, *.suffix) or networks (repeatable); "
+            "link-local/metadata addresses are refused unless listed"
+        ),
+    )
     run.add_argument("--tick", type=float, default=0.25, help="health loop cadence, seconds")
     run.add_argument(
         "--max-concurrent-tasks", type=int, default=512, help="tasks executed at the same time"
@@ -83,6 +93,13 @@ def run(args: argparse.Namespace) -> int:
     install_log_filter()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    from chainop.core.endpoints import EndpointPolicy
+
+    try:
+        EndpointPolicy.from_entries(args.allow_endpoint)
+    except ValueError as error:
+        print(f"chainop run: --allow-endpoint: {error}", file=sys.stderr)
+        return 2
     config = OperatorConfig(
         namespaces=tuple(args.namespace),
         metrics_port=args.metrics_port or None,
@@ -92,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         tick_seconds=args.tick,
         max_concurrent_tasks=args.max_concurrent_tasks,
         transport=args.transport,
+        endpoint_allow=tuple(args.allow_endpoint),
         log_format=args.log_format,
         verbose=args.verbose,
     )

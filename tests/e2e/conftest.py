@@ -7,7 +7,7 @@ come from tests/integration/conftest.py; this file adds chainop on top of them.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -61,16 +61,19 @@ def operator_command(namespace: str, metrics_port: int, liveness_port: int) -> l
 class Operator:
     """The operator subprocess of one test."""
 
-    def __init__(self, start: Callable[..., ProcessRunner], namespace: str) -> None:
+    def __init__(
+        self, start: Callable[..., ProcessRunner], namespace: str, *, extra: Sequence[str] = ()
+    ) -> None:
         self._start = start
         self.namespace = namespace
+        self.extra = list(extra)
         self.metrics_port = cluster_helpers.free_port()
         self.liveness_port = cluster_helpers.free_port()
         self.runner: ProcessRunner | None = None
 
     def start(self) -> Operator:
         self.runner = self._start(
-            operator_command(self.namespace, self.metrics_port, self.liveness_port),
+            [*operator_command(self.namespace, self.metrics_port, self.liveness_port), *self.extra],
             name="operator",
         )
         self.runner.wait_for_log(r"chainop started", timeout=60)
@@ -94,6 +97,18 @@ class Operator:
 def operator(run_process: Callable[..., ProcessRunner], namespace: str, crds: None) -> Operator:
     """chainop running as a subprocess, watching this test's namespace."""
     return Operator(run_process, namespace).start()
+
+
+@pytest.fixture
+def start_operator(
+    run_process: Callable[..., ProcessRunner], namespace: str, crds: None
+) -> Callable[..., Operator]:
+    """Start chainop with extra command-line arguments: ``start_operator("--flag", ...)``."""
+
+    def start(*extra: str) -> Operator:
+        return Operator(run_process, namespace, extra=extra).start()
+
+    return start
 
 
 @pytest.fixture

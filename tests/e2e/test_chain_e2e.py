@@ -239,3 +239,36 @@ def test_metrics_endpoint_exports_the_documented_families(kit: Kit, operator, ba
         "chainop_backend_restarts_total",
     ):
         assert name in text, name
+
+
+def test_metadata_endpoint_is_refused(kit: Kit, operator):
+    kit.create_chain("imds", [kit.provider("imds", "http://169.254.169.254", "Sovereign")])
+    obj = kit.wait(
+        CHAINS,
+        "imds",
+        lambda o: ready_condition(o).get("reason") == "EndpointNotAllowed",
+        what="EndpointNotAllowed",
+    )
+    assert "169.254.0.0/16" in ready_condition(obj)["message"]
+
+
+def test_endpoint_allow_list_refuses_everything_else_and_no_request_leaves(
+    kit: Kit, start_operator, backends
+):
+    start_operator("--allow-endpoint", "api.openai.com", "--allow-endpoint", "10.0.0.0/8")
+    outside = backends("outside")
+    kit.create_chain(
+        "default",
+        [kit.provider("outside", outside.url, "Sovereign")],
+        health={"probe": {"intervalSeconds": 1}},
+    )
+    obj = kit.wait(
+        CHAINS,
+        "default",
+        lambda o: ready_condition(o).get("reason") == "EndpointNotAllowed",
+        what="EndpointNotAllowed",
+    )
+    assert "allow-list" in ready_condition(obj)["message"]
+    kit.create_task("blocked", timeoutSeconds=2)
+    assert kit.wait_task("blocked")["phase"] == "Failed"
+    assert sum(outside.stats()["requests"].values()) == 0  # not even a probe

@@ -38,6 +38,9 @@ class OperatorConfig:
     transport: str = "aiohttp"
     #: A probe slower than this fraction of its timeout marks the provider Degraded.
     slow_probe_fraction: float = 0.5
+    #: Endpoint allow-list (hosts, ``*.suffix`` or CIDRs). Empty: any endpoint except
+    #: link-local and cloud-metadata addresses, which are always refused unless listed.
+    endpoint_allow: tuple[str, ...] = ()
     #: Log format: "plain" or "json".
     log_format: str = "plain"
     verbose: bool = False

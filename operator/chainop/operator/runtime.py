@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from chainop.core import healing, status
+from chainop.core import endpoints, healing, status
 from chainop.core import health as health_rules
 from chainop.core.chain import HealthBoard
 from chainop.core.errors import ProviderError
@@ -175,6 +175,7 @@ class Runtime:
         self.metrics = metrics
         self.clock = clock
         self.restarts = RestartManager(kube)
+        self.endpoint_policy = endpoints.EndpointPolicy.from_entries(config.endpoint_allow)
         self.chains: dict[tuple[str, str], ChainRuntime] = {}
         self._probing: set[ProbeKey] = set()
         self._last_probe: dict[ProbeKey, float] = {}
@@ -291,7 +292,7 @@ class Runtime:
             return
         was_ready = runtime.ready
         keys: dict[str, str | None] = {}
-        problem: tuple[str, str] | None = None
+        problem: tuple[str, str] | None = await self.check_endpoints(spec)
         for provider in spec.providers:
             ref = provider.api_key_secret_ref
             if ref is None:
@@ -337,6 +338,22 @@ class Runtime:
                 message=f"{len(spec.providers)} providers, strategy {spec.strategy.value}",
             )
             self.on_chain_ready(runtime.namespace, runtime.name)
+
+    async def check_endpoints(self, spec: ProviderChainSpec) -> tuple[str, str] | None:
+        """The endpoint guard (``chainop.core.endpoints``) for every provider of a chain."""
+        loop = asyncio.get_running_loop()
+        for provider in spec.providers:
+            host = endpoints.host_of(provider.endpoint)
+            addresses: list[str] = []
+            try:
+                infos = await asyncio.wait_for(loop.getaddrinfo(host, None), timeout=2.0)
+                addresses = [str(info[4][0]) for info in infos]
+            except (OSError, TimeoutError, UnicodeError):
+                pass  # unresolvable now: judged by name (and again at revalidation)
+            why = endpoints.refusal(provider.endpoint, addresses, self.endpoint_policy)
+            if why is not None:
+                return ("EndpointNotAllowed", f"provider {provider.name}: {why}")
+        return None
 
     # ----------------------------------------------------------------- the loop
 
