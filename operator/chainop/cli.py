@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import random
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -39,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         default=None,
         help="run with kopf peering NAME (for several replicas; needs the peering CRDs)",
+    )
+    run.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="peering priority (default with --peering: random, so exactly one replica acts)",
     )
     run.add_argument("--metrics-port", type=int, default=9090, help="port of /metrics; 0 disables")
     run.add_argument("--metrics-address", default="0.0.0.0", help="address of /metrics")
@@ -100,12 +109,18 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"chainop run: --allow-endpoint: {error}", file=sys.stderr)
         return 2
+    priority = args.priority
+    if priority is None:
+        priority = random.randint(1, 2**31 - 1) if args.peering else 0
+    identity = os.environ.get("POD_ID") or f"{socket.gethostname()}/{os.getpid()}"
     config = OperatorConfig(
         namespaces=tuple(args.namespace),
         metrics_port=args.metrics_port or None,
         metrics_address=args.metrics_address,
         liveness_endpoint=args.liveness,
         peering=args.peering,
+        priority=priority,
+        identity=identity,
         tick_seconds=args.tick,
         max_concurrent_tasks=args.max_concurrent_tasks,
         transport=args.transport,
@@ -118,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
         namespaces=config.namespaces,
         standalone=config.peering is None,
         peering_name=config.peering,
+        priority=config.priority,
+        identity=config.identity,  # type: ignore[arg-type]  # kopf's NewType of str
         liveness_endpoint=config.liveness_endpoint,
         memo=kopf.Memo(config=config),
     )

@@ -218,6 +218,32 @@ class KubeClient:
             raise
         return cast(dict[str, Any], obj)
 
+    async def read_peering(self, name: str, namespace: str | None) -> dict[str, Any] | None:
+        """kopf's peering object (ClusterKopfPeering, or KopfPeering in ``namespace``)."""
+        try:
+            if namespace is None:
+                obj = await self._call(
+                    self.custom.get_cluster_custom_object,
+                    "kopf.dev",
+                    "v1",
+                    "clusterkopfpeerings",
+                    name,
+                )
+            else:
+                obj = await self._call(
+                    self.custom.get_namespaced_custom_object,
+                    "kopf.dev",
+                    "v1",
+                    namespace,
+                    "kopfpeerings",
+                    name,
+                )
+        except KubeError as error:
+            if error.not_found:
+                return None
+            raise
+        return cast(dict[str, Any], obj)
+
     async def delete_task(self, namespace: str, name: str, *, uid: str) -> bool:
         """Delete a DelegatedTask, only if it is still the one with ``uid``; False if gone."""
         self.writes += 1

@@ -18,6 +18,10 @@ class OperatorConfig:
     liveness_endpoint: str | None = None
     #: kopf peering name; None runs standalone (one replica).
     peering: str | None = None
+    #: kopf peering priority: the live replica with the highest one is active.
+    priority: int = 0
+    #: This replica's peering identity (what kopf writes into the peering object).
+    identity: str = ""
     #: Cadence of the health loop (probes due, self-healing, status flushes).
     tick_seconds: float = 0.25
     #: When only probe times changed, refresh a chain's status at most this often.

@@ -44,6 +44,7 @@ from chainop.core.models import (
 from chainop.kube.client import CHAINS, KubeClient, KubeError, ObjectRef, SecretError
 from chainop.metrics import Metrics
 from chainop.operator.config import OperatorConfig
+from chainop.operator.leadership import Leadership
 from chainop.operator.restarts import RestartManager
 from chainop.providers.registry import ProviderClients
 from chainop.redact import REDACTOR
@@ -88,6 +89,8 @@ class ChainRuntime:
     written: dict[str, Any] | None = None
     written_at: float = 0.0
     validated_at: float = 0.0
+    #: Set when this replica takes over from another: rebuild from status on next event.
+    resync: bool = False
     built_fingerprint: tuple[Any, ...] | None = None
     next_expiry: float | None = None
     restart_notices: dict[str, float] = field(default_factory=dict)
@@ -176,6 +179,13 @@ class Runtime:
         self.clock = clock
         self.restarts = RestartManager(kube)
         self.endpoint_policy = endpoints.EndpointPolicy.from_entries(config.endpoint_allow)
+        self.leadership = Leadership(
+            kube,
+            peering=config.peering,
+            identity=config.identity,
+            priority=config.priority,
+            namespace=config.namespaces[0] if config.namespaces else None,
+        )
         self.chains: dict[tuple[str, str], ChainRuntime] = {}
         self._probing: set[ProbeKey] = set()
         self._last_probe: dict[ProbeKey, float] = {}
@@ -244,6 +254,7 @@ class Runtime:
         existing = self.chains.get(key)
         if (
             existing is not None
+            and not existing.resync
             and existing.uid == meta.get("uid")
             and existing.generation == meta.get("generation")
         ):
@@ -258,13 +269,13 @@ class Runtime:
         uid = str(meta.get("uid", ""))
         key = (namespace, name)
         runtime = self.chains.get(key)
-        if runtime is None or runtime.uid != uid:
+        resumed = None
+        if runtime is None or runtime.uid != uid or runtime.resync:
+            # New to this process (or another replica was in charge): resume from status.
             runtime = ChainRuntime(namespace=namespace, name=name, uid=uid)
             previous = ProviderChainStatus.model_validate(body.get("status") or {})
             runtime.conditions = list(previous.conditions)
             resumed = [health_rules.from_status(p) for p in previous.providers]
-        else:
-            resumed = None
         runtime.generation = meta.get("generation")
         now = self.clock()
         try:
@@ -361,7 +372,14 @@ class Runtime:
         """The background loop: probes, self-healing, revalidation, status writes."""
         while True:
             try:
-                await self.tick()
+                was_active = self.leadership.active
+                if await self.leadership.check(now=self.clock()):
+                    if not was_active:
+                        # Taking over: what we know may be stale; kopf re-lists every
+                        # object on resume, and each chain is rebuilt from its status.
+                        for runtime in self.chains.values():
+                            runtime.resync = True
+                    await self.tick()
             except asyncio.CancelledError:
                 raise
             except Exception:  # the loop must survive anything one tick does
