@@ -28,10 +28,24 @@ test: ## THE test command: install, lint, start the control plane, run all tests
 unit: install ## only the fast tests that need no control plane
 	.venv/bin/pytest tests/unit
 
-crds: install ## regenerate crds/ from the pydantic models
+crds: install ## regenerate crds/ (and the chart's copy) from the pydantic models
 	.venv/bin/python -m chainop.crds --write crds/
+	cp crds/*.yaml charts/chainop/crds/
+	.venv/bin/python -m chainop.refdocs --write docs/
 
 .PHONY: demo
 demo: ## the end-to-end demo on the local control plane (ARGS=--keep-cluster leaves it running)
 	hack/install.sh
 	hack/demo.sh $(ARGS)
+
+.PHONY: chart-crds chart-lint chart-test
+chart-crds: ## copy crds/ into charts/chainop/crds/ (the chart ships them byte-for-byte)
+	cp crds/*.yaml charts/chainop/crds/
+
+chart-lint: ## helm lint the chart (default, namespaced RBAC, two replicas)
+	.cache/bin/helm lint --strict charts/chainop
+	.cache/bin/helm lint --strict charts/chainop --set rbac.namespaced=true --set 'watchNamespaces={team-a}'
+	.cache/bin/helm lint --strict charts/chainop --set replicaCount=2
+
+chart-test: ## the chart's unit tests and its install on the local control plane
+	.venv/bin/pytest tests/unit/test_chart.py tests/e2e/test_helm_e2e.py

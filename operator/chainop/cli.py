@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
             "link-local/metadata addresses are refused unless listed"
         ),
     )
+    run.add_argument(
+        "--no-cluster-scan",
+        action="store_true",
+        help="do not list/watch CRDs and namespaces cluster-wide (for namespace-scoped RBAC)",
+    )
     run.add_argument("--tick", type=float, default=0.25, help="health loop cadence, seconds")
     run.add_argument(
         "--max-concurrent-tasks", type=int, default=512, help="tasks executed at the same time"
@@ -125,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         max_concurrent_tasks=args.max_concurrent_tasks,
         transport=args.transport,
         endpoint_allow=tuple(args.allow_endpoint),
+        cluster_scan=not args.no_cluster_scan,
         log_format=args.log_format,
         verbose=args.verbose,
     )

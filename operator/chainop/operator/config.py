@@ -45,6 +45,8 @@ class OperatorConfig:
     #: Endpoint allow-list (hosts, ``*.suffix`` or CIDRs). Empty: any endpoint except
     #: link-local and cloud-metadata addresses, which are always refused unless listed.
     endpoint_allow: tuple[str, ...] = ()
+    #: Let kopf list/watch CRDs and namespaces cluster-wide (off for namespaced RBAC).
+    cluster_scan: bool = True
     #: Log format: "plain" or "json".
     log_format: str = "plain"
     verbose: bool = False

@@ -38,6 +38,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = [0.5, 1, 2, 3, 5]
+    if not config.cluster_scan:
+        settings.scanning.disabled = True
     if config.peering:
         settings.peering.name = config.peering
         settings.peering.mandatory = True
