@@ -29,6 +29,7 @@ from chainop.core.chain import ChainObserver, ExecutionResult, Resume
 from chainop.core.models import (
     API_VERSION,
     Attempt,
+    Condition,
     Decision,
     DelegatedTaskSpec,
     DelegatedTaskStatus,
@@ -62,6 +63,29 @@ def _epoch(value: datetime | None) -> float | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.timestamp()
+
+
+def _task_conditions(
+    previous: DelegatedTaskStatus,
+    *,
+    progressing: tuple[conditions.Status, str, str],
+    succeeded: tuple[conditions.Status, str, str],
+    now: float,
+    generation: int | None,
+) -> list[Condition]:
+    """Both task conditions, each given as (status, reason, message)."""
+    conds = previous.conditions
+    for type_, (status, reason, message) in ((PROGRESSING, progressing), (SUCCEEDED, succeeded)):
+        conds = conditions.set_condition(
+            conds,
+            type=type_,
+            status=status,
+            reason=reason,
+            message=message,
+            now=_time(now),
+            observed_generation=generation,
+        )
+    return list(conds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +179,7 @@ class TaskRunner:
         self.ttl_timers: dict[str, asyncio.TimerHandle] = {}
         self.deadline_timers: dict[str, asyncio.TimerHandle] = {}
         self.finished: OrderedDict[str, None] = OrderedDict()
+        self.rerun: dict[str, dict[str, Any]] = {}
         self.slots = asyncio.Semaphore(self.config.max_concurrent_tasks)
         runtime.on_chain_ready = self.chain_ready
 
@@ -187,6 +212,9 @@ class TaskRunner:
             del self.in_flight[uid]
         if not task.cancelled() and task.exception() is not None:
             log.error("task %s failed in the operator: %r", uid, task.exception())
+        again = self.rerun.pop(uid, None)
+        if again is not None and uid not in self.finished:
+            self.start(again)
 
     def forget(self, uid: str, body: dict[str, Any]) -> None:
         """The task was deleted: stop its work and timers."""
@@ -199,11 +227,17 @@ class TaskRunner:
                 handle.cancel()
         for waiting in self.waiting.values():
             waiting.pop(uid, None)
+        self.rerun.pop(uid, None)
 
     def chain_ready(self, namespace: str, chain: str) -> None:
-        """A chain became usable: start the tasks that were waiting for it."""
+        """A chain became usable: start the tasks that were waiting for it.
+
+        A task still finishing its own "waiting" write is started again when it ends.
+        """
         for uid, body in list(self.waiting.pop((namespace, chain), {}).items()):
-            if uid not in self.in_flight:
+            if uid in self.in_flight:
+                self.rerun[uid] = body
+            else:
                 self.start(body)
 
     # ----------------------------------------------------------------- TTL
@@ -326,27 +360,18 @@ class TaskRunner:
         loop = asyncio.get_running_loop()
         self._cancel_deadline(ref.uid)
         self.deadline_timers[ref.uid] = loop.call_later(remaining + 0.05, self._wake, body)
+        if chain is not None and chain.validated_at == 0.0:
+            return  # the chain is being validated right now (operator start): no news to write
         existing = conditions.get_condition(previous.conditions, PROGRESSING)
         if existing is not None and existing.reason == reason and existing.message == message:
             return  # already said so; no write
         now = self.runtime.clock()
-        conds = conditions.set_condition(
-            previous.conditions,
-            type=PROGRESSING,
-            status="False",
-            reason=reason,
-            message=message,
-            now=_time(now),
-            observed_generation=ref.generation,
-        )
-        conds = conditions.set_condition(
-            conds,
-            type=SUCCEEDED,
-            status="Unknown",
-            reason=reason,
-            message=message,
-            now=_time(now),
-            observed_generation=ref.generation,
+        conds = _task_conditions(
+            previous,
+            progressing=("False", reason, message),
+            succeeded=("Unknown", reason, message),
+            now=now,
+            generation=ref.generation,
         )
         waiting = previous.model_copy(
             update={
@@ -392,23 +417,16 @@ class TaskRunner:
 
         def running_status(pending: PendingJob | None) -> DelegatedTaskStatus:
             now = self.runtime.clock()
-            conds = conditions.set_condition(
-                previous.conditions,
-                type=PROGRESSING,
-                status="True",
-                reason="Executing",
-                message=f"trying {decided.provider} first ({decided.reason})",
-                now=_time(now),
-                observed_generation=ref.generation,
-            )
-            conds = conditions.set_condition(
-                conds,
-                type=SUCCEEDED,
-                status="Unknown",
-                reason="Executing",
-                message="",
-                now=_time(now),
-                observed_generation=ref.generation,
+            conds = _task_conditions(
+                previous,
+                progressing=(
+                    "True",
+                    "Executing",
+                    f"trying {decided.provider} first ({decided.reason})",
+                ),
+                succeeded=("Unknown", "Executing", ""),
+                now=now,
+                generation=ref.generation,
             )
             return previous.model_copy(
                 update={
@@ -594,23 +612,12 @@ class TaskRunner:
         """Write a final status: Succeeded or Failed, with conditions saying why."""
         now = self.runtime.clock()
         ok = phase is TaskPhase.SUCCEEDED
-        conds = conditions.set_condition(
-            previous.conditions,
-            type=SUCCEEDED,
-            status="True" if ok else "False",
-            reason=reason,
-            message=message,
-            now=_time(now),
-            observed_generation=ref.generation,
-        )
-        conds = conditions.set_condition(
-            conds,
-            type=PROGRESSING,
-            status="False",
-            reason="Finished" if ok else reason,
-            message=message if not ok else "",
-            now=_time(now),
-            observed_generation=ref.generation,
+        conds = _task_conditions(
+            previous,
+            progressing=("False", "Finished" if ok else reason, "" if ok else message),
+            succeeded=("True" if ok else "False", reason, message),
+            now=now,
+            generation=ref.generation,
         )
         final_attempts = attempts if attempts is not None else list(previous.attempts)
         chosen = decision or previous.decision
