@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("crds", help="print the CustomResourceDefinitions (YAML)")
     sub.add_parser("version", help="print the version")
+    sub.add_parser("demo", add_help=False, help="the end-to-end demo on the local control plane")
     return parser
 
 
@@ -149,6 +150,11 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``chainop`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:  # the demo parses its own options (--keep-cluster, ...)
+        from chainop.demo import main as demo_main
+
+        return demo_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "version":
         print(f"chainop {chainop.__version__}")

@@ -162,7 +162,11 @@ def test_max_restarts_per_hour_holds(kit: Kit, operator, supervisor):
         "default",
         [vllm_provider(kit, port)],
         health=PROBING,
-        selfHealing={"maxRestartsPerHour": 2, "recovery": {"initialSeconds": 1, "maxSeconds": 1}},
+        selfHealing={
+            "maxRestartsPerHour": 2,
+            "restartGraceSeconds": 1,  # a restart that did not help may be retried after 1 s
+            "recovery": {"initialSeconds": 1, "maxSeconds": 1},
+        },
     )
     kit.wait_until(
         lambda: "RestartBudgetExhausted" in kit.event_reasons("default"),

@@ -333,6 +333,16 @@ class SelfHealingSpec(_Model):
     recovery: RecoverySpec = Field(
         default_factory=RecoverySpec, description="Recovery-probe backoff."
     )
+    restart_grace_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description=(
+            "How long a restart chainop ordered counts as under way (no second restart, no "
+            "penalty for failures) unless the backend answers first. Set it above the "
+            "backend's start-up time (model loading)."
+        ),
+    )
 
 
 class TaskDefaults(_Model):
@@ -374,14 +384,17 @@ class ProviderChainSpec(_Model):
     @model_validator(mode="after")
     def _names_unique_and_unreserved(self) -> ProviderChainSpec:
         seen: set[str] = set()
-        for provider in self.providers:
+        for index, provider in enumerate(self.providers):
+            # The message names the field: the API server cannot, so users read it here.
             if provider.name in RESERVED_PROVIDER_NAMES:
                 raise ValueError(
-                    f"provider name {provider.name!r} is reserved (auto and local mean "
-                    "something in preferredProvider)"
+                    f"spec.providers[{index}].name: provider name {provider.name!r} is "
+                    "reserved (auto and local mean something in preferredProvider)"
                 )
             if provider.name in seen:
-                raise ValueError(f"duplicate provider name {provider.name!r}")
+                raise ValueError(
+                    f"spec.providers[{index}].name: duplicate provider name {provider.name!r}"
+                )
             seen.add(provider.name)
         return self
 

@@ -557,7 +557,7 @@ class Runtime:
         if (
             provider.name in board.restarting
             and health.last_restart_time is not None
-            and now - health.last_restart_time < healing_spec.recovery.max_seconds
+            and now - health.last_restart_time < healing_spec.restart_grace_seconds
         ):
             return  # our own restart is under way: no need to ask the API server again
         try:
@@ -566,7 +566,7 @@ class Runtime:
                 deployment,
                 now=now,
                 max_per_hour=healing_spec.max_restarts_per_hour,
-                grace_seconds=healing_spec.recovery.max_seconds,
+                grace_seconds=healing_spec.restart_grace_seconds,
             )
         except KubeError as error:
             self.event(
