@@ -59,18 +59,19 @@ def chain_status(
         if s.name in order and s.state not in (ProviderState.UNHEALTHY, ProviderState.EXCLUDED)
     ]
     stamp = utc(now)
+    ready: conditions.Status
     if invalid is not None:
-        status, reason, message = "False", invalid[0], invalid[1]
+        ready, reason, message = "False", invalid[0], invalid[1]
     elif not usable:
-        status, reason = "False", "NoHealthyProvider"
+        ready, reason = "False", "NoHealthyProvider"
         message = "every provider is Unhealthy or Excluded; tasks will fail until one recovers"
     else:
-        status, reason = "True", "ProvidersAvailable"
+        ready, reason = "True", "ProvidersAvailable"
         message = f"{healthy}/{len(statuses)} providers healthy; active order: {', '.join(order)}"
     updated = conditions.set_condition(
         previous_conditions,
         type=READY,
-        status=status,  # type: ignore[arg-type]
+        status=ready,
         reason=reason,
         message=message,
         now=stamp,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from chainop.providers.http import TransportName
+
 
 @dataclass(frozen=True, slots=True)
 class OperatorConfig:
@@ -39,7 +41,7 @@ class OperatorConfig:
     #: DelegatedTasks executed at the same time by this process.
     max_concurrent_tasks: int = 512
     #: httpx transport for provider calls: "aiohttp" (faster under load) or "httpx".
-    transport: str = "aiohttp"
+    transport: TransportName = "aiohttp"
     #: A probe slower than this fraction of its timeout marks the provider Degraded.
     slow_probe_fraction: float = 0.5
     #: Endpoint allow-list (hosts, ``*.suffix`` or CIDRs). Empty: any endpoint except

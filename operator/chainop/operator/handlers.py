@@ -47,7 +47,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     if config.metrics_port is not None:
         metrics.serve(config.metrics_port, address=config.metrics_address)
     kube = KubeClient(load_api_client())
-    clients = ProviderClients(transport=config.transport)  # type: ignore[arg-type]
+    clients = ProviderClients(transport=config.transport)
     runtime = Runtime(config=config, kube=kube, clients=clients, metrics=metrics)
     memo["runtime"] = runtime
     memo["tasks"] = TaskRunner(runtime)
