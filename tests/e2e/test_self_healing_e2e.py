@@ -220,14 +220,14 @@ def test_exclusion_resumes_from_status_after_an_operator_restart(
 
 
 def test_liveness_endpoint_answers(kit: Kit, operator):
+    import urllib.error
     import urllib.request
 
-    kit.wait_until(
-        lambda: (
-            urllib.request.urlopen(
-                f"http://127.0.0.1:{operator.liveness_port}/healthz", timeout=2
-            ).status
-            == 200
-        ),
-        what="/healthz 200",
-    )
+    def healthy() -> bool:
+        url = f"http://127.0.0.1:{operator.liveness_port}/healthz"
+        try:
+            return urllib.request.urlopen(url, timeout=2).status == 200
+        except (urllib.error.URLError, ConnectionError):
+            return False  # kopf opens the endpoint a moment after start-up
+
+    kit.wait_until(healthy, what="/healthz 200")
