@@ -95,6 +95,17 @@ class HealthBoard:
 
     def success(self, name: str, *, now: float) -> None:
         """A real request to ``name`` succeeded."""
+        current = self._health.get(name)
+        if (
+            current is not None
+            and current.consecutive_failures == 0
+            and current.benchings == 0
+            and current.cooldown_until is None
+            and not current.last_error
+        ):
+            # Already what record_success would return: the hot path of a healthy chain
+            # skips rebuilding and comparing a 15-field record on every request.
+            return
         self.set(health_rules.record_success(self.get(name), now=now))
 
     def failure(
@@ -138,6 +149,10 @@ class ChainObserver:
 
     def on_spillover(self, from_provider: ProviderSpec, to_provider: ProviderSpec) -> None:
         """Work left a Sovereign provider for a non-Sovereign one."""
+
+
+#: The observer of executions nobody observes (its hooks do nothing).
+_NO_OBSERVER = ChainObserver()
 
 
 # --------------------------------------------------------------------------- results
@@ -265,7 +280,7 @@ async def execute(
     the same key. ``on_job_submitted(provider, job_id, key, attempt)`` is awaited when
     a jobs provider accepted work, before waiting on it.
     """
-    observer = observer or ChainObserver()
+    observer = observer or _NO_OBSERVER
     keys = api_keys or {}
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -366,8 +381,11 @@ async def execute(
             try:
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError
-                async with asyncio.timeout(remaining):
+                if remaining is None:
                     completion = await call(provider, request, context)
+                else:
+                    async with asyncio.timeout(remaining):
+                        completion = await call(provider, request, context)
             except TimeoutError:
                 latency = int((loop.time() - call_started) * 1000)
                 message = f"task deadline of {timeout_seconds:g}s exceeded"

@@ -1,0 +1,1 @@
+"""chainop benchmarks: `python -m bench` (see docs/benchmarks.md)."""
