@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from chainop.core import chain as executor
@@ -260,14 +262,49 @@ async def test_success_resets_failure_count_and_cooldown_level():
 async def test_new_benching_never_shortens_a_running_one():
     clock = Clock()
     board = HealthBoard(THREE)
-    # c is the terminus, benched for 1000 s by a Retry-After; it fails again.
+    # c (the terminus) is benched for 1000 s by a Retry-After; it is tried and fails again.
     board.set(
-        ProviderHealth(name="c", consecutive_failures=2, benchings=0, cooldown_until=clock() + 1000)
+        ProviderHealth(name="c", consecutive_failures=2, benchings=1, cooldown_until=clock() + 1000)
     )
     call = ScriptedCall({"c": [TransientError("HTTP 500")]})
     await run(THREE, call, board=board, clock=clock, eligible=["c"])
     assert board.get("c").cooldown_until == clock() + 1000
     assert board.get("c").benchings == 1
+
+
+async def test_later_retry_after_extends_a_running_benching():
+    clock = Clock()
+    board = HealthBoard(THREE)
+    board.set(ProviderHealth(name="c", benchings=1, cooldown_until=clock() + 10))
+    call = ScriptedCall({"c": [RateLimitedError("HTTP 429", retry_after=30)]})
+    await run(THREE, call, board=board, clock=clock, eligible=["c"])
+    assert board.get("c").cooldown_until == clock() + 30
+
+
+async def test_failures_in_flight_when_benched_do_not_escalate_the_cooldown():
+    spec = chain(
+        provider("a"),
+        provider("b"),
+        health={"failureThreshold": 1, "transientRetries": 0, "cooldown": {"initialSeconds": 5}},
+    )
+    clock = Clock()
+    board = HealthBoard(spec)
+    gate = asyncio.Event()
+
+    class Burst(ScriptedCall):
+        async def __call__(self, provider_spec, req, context):
+            if provider_spec.name == "a":
+                await gate.wait()  # 16 requests reach a before any of them fails
+                raise TransientError("HTTP 500")
+            return ok()
+
+    burst = [asyncio.create_task(run(spec, Burst(), board=board, clock=clock)) for _ in range(16)]
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(*burst)
+    assert all(result.provider == "b" for result, _ in results)
+    assert board.get("a").benchings == 1  # one benching, not sixteen
+    assert board.get("a").cooldown_until == clock() + 5
 
 
 async def test_exempt_provider_is_never_benched():
@@ -457,3 +494,31 @@ async def test_failures_during_an_ordered_restart_cost_no_penalty():
     await run(THREE, call, board=board)
     assert board.get("a").consecutive_failures == 0
     assert board.get("a").cooldown_until is None
+
+
+async def test_after_a_benching_one_trial_request_at_a_time():
+    clock = Clock()
+    board = HealthBoard(THREE)
+    # a was benched once; its cooldown has run out: half-open.
+    board.set(ProviderHealth(name="a", consecutive_failures=2, benchings=1, cooldown_until=None))
+    gate = asyncio.Event()
+    called = []
+
+    class Slow(ScriptedCall):
+        async def __call__(self, provider_spec, req, context):
+            called.append(provider_spec.name)
+            if provider_spec.name == "a":
+                await gate.wait()
+            return ok(f"from {provider_spec.name}")
+
+    trial = asyncio.create_task(run(THREE, Slow(), board=board, clock=clock))
+    await asyncio.sleep(0.01)
+    second, _ = await run(THREE, Slow(), board=board, clock=clock)
+    assert names(second.attempts)[0] == ("a", "Skipped")
+    assert "half-open" in second.attempts[0].error
+    assert second.provider == "b"
+    gate.set()
+    first, _ = await trial
+    assert first.provider == "a"
+    assert board.get("a").benchings == 0  # the trial succeeded: fully healthy again
+    assert board.trials == set()

@@ -69,6 +69,8 @@ class HealthBoard:
             if known.name in self._health:
                 self._health[known.name] = known
         self.restarting: set[str] = set()
+        #: Providers with a half-open trial request in flight (see ``execute``).
+        self.trials: set[str] = set()
         self.version = 0
 
     def get(self, name: str) -> ProviderHealth:
@@ -355,115 +357,136 @@ async def execute(
             )
             reasons.append((provider.name, miss))
             continue
+        # Half-open: once a benching has run out, one request tries the provider again
+        # while the others keep skipping it, so a recovering provider is not stampeded.
+        trial = state.benchings > 0 and not is_terminus
+        if trial and provider.name in board.trials:
+            why = "half-open after a benching: another request is trying it"
+            record(
+                provider,
+                Attempt(provider=provider.name, outcome=SKIPPED, error=why, started_at=_utc(at)),
+            )
+            reasons.append((provider.name, f"skipped: {why}"))
+            continue
+        if trial:
+            board.trials.add(provider.name)
         retries_left = chain.health.transient_retries
-        while True:
-            number = len(attempts) + 1
-            calls_to[provider.name] = calls_to.get(provider.name, 0) + 1
-            key = f"{task_key}-{provider.name}-{calls_to[provider.name]}"
-            job_id_seen: list[str] = []
+        try:
+            while True:
+                number = len(attempts) + 1
+                calls_to[provider.name] = calls_to.get(provider.name, 0) + 1
+                key = f"{task_key}-{provider.name}-{calls_to[provider.name]}"
+                job_id_seen: list[str] = []
 
-            submitted = _job_hook(
-                on_job_submitted, provider=provider.name, key=key, attempt=number, seen=job_id_seen
-            )
-            context = CallContext(
-                timeout=provider.timeout_seconds,
-                api_key=keys.get(provider.name),
-                idempotency_key=key,
-                resume_job_id=resume_job,
-                on_job_submitted=submitted,
-            )
-            if resume_job is not None:
-                job_id_seen.append(resume_job)
-            resume_job = None
-            call_started = loop.time()
-            started_at = _utc(now())
-            remaining = None if deadline is None else deadline - call_started
-            try:
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError
-                if remaining is None:
-                    completion = await call(provider, request, context)
-                else:
-                    async with asyncio.timeout(remaining):
+                submitted = _job_hook(
+                    on_job_submitted,
+                    provider=provider.name,
+                    key=key,
+                    attempt=number,
+                    seen=job_id_seen,
+                )
+                context = CallContext(
+                    timeout=provider.timeout_seconds,
+                    api_key=keys.get(provider.name),
+                    idempotency_key=key,
+                    resume_job_id=resume_job,
+                    on_job_submitted=submitted,
+                )
+                if resume_job is not None:
+                    job_id_seen.append(resume_job)
+                resume_job = None
+                call_started = loop.time()
+                started_at = _utc(now())
+                remaining = None if deadline is None else deadline - call_started
+                try:
+                    if remaining is not None and remaining <= 0:
+                        raise TimeoutError
+                    if remaining is None:
                         completion = await call(provider, request, context)
-            except TimeoutError:
-                latency = int((loop.time() - call_started) * 1000)
-                message = f"task deadline of {timeout_seconds:g}s exceeded"
-                record(
-                    provider,
-                    Attempt(
-                        provider=provider.name,
-                        outcome=AttemptOutcome.DEADLINE,
-                        error=message,
-                        latency_ms=latency,
-                        started_at=started_at,
-                        job_id=job_id_seen[-1] if job_id_seen else None,
-                    ),
-                )
-                return ExecutionResult(
-                    attempts=tuple(attempts),
-                    failure_reason="DeadlineExceeded",
-                    failure_message=message,
-                )
-            except ProviderError as error:
-                latency = int((loop.time() - call_started) * 1000)
-                record(
-                    provider,
-                    Attempt(
-                        provider=provider.name,
-                        outcome=AttemptOutcome(error.kind.value),
-                        error=error.message,
-                        latency_ms=latency,
-                        started_at=started_at,
-                        job_id=job_id_seen[-1] if job_id_seen else None,
-                    ),
-                )
-                if isinstance(error, TransientError):
-                    outcome = board.failure(provider, error, now=now())
-                    if outcome.benched:
-                        observer.on_benched(provider, outcome.cooldown_seconds, error.message)
+                    else:
+                        async with asyncio.timeout(remaining):
+                            completion = await call(provider, request, context)
+                except TimeoutError:
+                    latency = int((loop.time() - call_started) * 1000)
+                    message = f"task deadline of {timeout_seconds:g}s exceeded"
+                    record(
+                        provider,
+                        Attempt(
+                            provider=provider.name,
+                            outcome=AttemptOutcome.DEADLINE,
+                            error=message,
+                            latency_ms=latency,
+                            started_at=started_at,
+                            job_id=job_id_seen[-1] if job_id_seen else None,
+                        ),
+                    )
+                    return ExecutionResult(
+                        attempts=tuple(attempts),
+                        failure_reason="DeadlineExceeded",
+                        failure_message=message,
+                    )
+                except ProviderError as error:
+                    latency = int((loop.time() - call_started) * 1000)
+                    record(
+                        provider,
+                        Attempt(
+                            provider=provider.name,
+                            outcome=AttemptOutcome(error.kind.value),
+                            error=error.message,
+                            latency_ms=latency,
+                            started_at=started_at,
+                            job_id=job_id_seen[-1] if job_id_seen else None,
+                        ),
+                    )
+                    if isinstance(error, TransientError):
+                        outcome = board.failure(provider, error, now=now())
+                        if outcome.benched:
+                            observer.on_benched(provider, outcome.cooldown_seconds, error.message)
+                            reasons.append((provider.name, error.message))
+                            break
+                        if retries_left > 0:
+                            retries_left -= 1
+                            continue
                         reasons.append((provider.name, error.message))
                         break
-                    if retries_left > 0:
-                        retries_left -= 1
-                        continue
+                    if isinstance(error, ModelNotFoundError | UnsupportedRequestError):
+                        reasons.append((provider.name, error.message))
+                        break
+                    # PermanentError (and any unknown subclass) fails fast unless told otherwise.
                     reasons.append((provider.name, error.message))
-                    break
-                if isinstance(error, ModelNotFoundError | UnsupportedRequestError):
-                    reasons.append((provider.name, error.message))
-                    break
-                # PermanentError (and any unknown subclass) fails fast unless told otherwise.
-                reasons.append((provider.name, error.message))
-                if chain.advance_on_permanent_error:
-                    break
-                return ExecutionResult(
-                    attempts=tuple(attempts),
-                    failure_reason="PermanentError",
-                    failure_message=f"{provider.name}: {error.message} (not retried: "
-                    "failing over cannot fix a bad request or key)",
-                )
-            else:
-                latency = int((loop.time() - call_started) * 1000)
-                record(
-                    provider,
-                    Attempt(
+                    if chain.advance_on_permanent_error:
+                        break
+                    return ExecutionResult(
+                        attempts=tuple(attempts),
+                        failure_reason="PermanentError",
+                        failure_message=f"{provider.name}: {error.message} (not retried: "
+                        "failing over cannot fix a bad request or key)",
+                    )
+                else:
+                    latency = int((loop.time() - call_started) * 1000)
+                    record(
+                        provider,
+                        Attempt(
+                            provider=provider.name,
+                            outcome=SUCCEEDED,
+                            latency_ms=latency,
+                            started_at=started_at,
+                            job_id=completion.job_id or (job_id_seen[-1] if job_id_seen else None),
+                        ),
+                    )
+                    board.success(provider.name, now=now())
+                    return ExecutionResult(
+                        attempts=tuple(attempts),
+                        completion=completion,
                         provider=provider.name,
-                        outcome=SUCCEEDED,
-                        latency_ms=latency,
-                        started_at=started_at,
-                        job_id=completion.job_id or (job_id_seen[-1] if job_id_seen else None),
-                    ),
-                )
-                board.success(provider.name, now=now())
-                return ExecutionResult(
-                    attempts=tuple(attempts),
-                    completion=completion,
-                    provider=provider.name,
-                    attempt=number,
-                    was_terminus=is_terminus,
-                    latency_ms=int((loop.time() - started) * 1000),
-                    cost_usd=cost_of(provider, completion),
-                )
+                        attempt=number,
+                        was_terminus=is_terminus,
+                        latency_ms=int((loop.time() - started) * 1000),
+                        cost_usd=cost_of(provider, completion),
+                    )
+        finally:
+            if trial:
+                board.trials.discard(provider.name)
     return ExecutionResult(
         attempts=tuple(attempts),
         failure_reason="AllProvidersFailed",

@@ -11,7 +11,8 @@ The rules (DESIGN.md, "Executing a chain" and "Health and self-healing"):
   the provider is benched for ``initialSeconds x 2^(benchings-1)``, capped at
   ``maxSeconds``; a 429 with Retry-After benches at once for at least that long (still
   within the cap, so a hostile header cannot bench a provider for a day);
-* a new benching never shortens one already running: the later deadline wins;
+* a new benching never shortens one already running: the later deadline wins; failures
+  while benched (requests already in flight when the bench began) do not escalate it;
 * any success resets the failure count and the cooldown level;
 * exempt providers are never benched;
 * failures while a restart chainop ordered is under way cost no penalty;
@@ -112,6 +113,14 @@ def record_failure(
     rate_limited = retry_after is not None
     if failures < failure_threshold and not rate_limited:
         return FailureOutcome(updated, benched=False)
+    if health.is_benched(now):
+        # Already benched: these are requests that were in flight when the bench began
+        # (or the terminus, tried anyway). They are no news: no escalation of the level,
+        # and only a Retry-After may push the deadline later (never earlier).
+        deadline = health.cooldown_until or now
+        if retry_after is not None:
+            deadline = max(deadline, now + min(retry_after, cooldown.max_seconds))
+        return FailureOutcome(replace(updated, cooldown_until=deadline), benched=False)
     benchings = health.benchings + 1
     seconds = cooldown_seconds(cooldown, benchings=benchings)
     if retry_after is not None:
