@@ -162,12 +162,5 @@ class AnthropicAdapter:
             json_body=build_body(provider, request),
             secrets=(context.api_key,),
         )
-        if not reply.ok:
-            raise errors.from_status(
-                reply.status_code,
-                body=reply.body,
-                headers=reply.headers,
-                model=provider.model,
-                secrets=(context.api_key,),
-            )
+        reply.raise_for_status(model=provider.model, secrets=(context.api_key,))
         return parse_reply(reply.json_object())

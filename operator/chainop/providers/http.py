@@ -101,6 +101,13 @@ class Reply:
         """Whether the status is 2xx, the only success chainop recognises."""
         return 200 <= self.status_code < 300
 
+    def raise_for_status(self, *, model: str, secrets: Iterable[str | None] = ()) -> None:
+        """Raise the ``chainop.core.errors`` class of a non-2xx reply (nothing on 2xx)."""
+        if not self.ok:
+            raise errors.from_status(
+                self.status_code, body=self.body, headers=self.headers, model=model, secrets=secrets
+            )
+
     def json_object(self) -> dict[str, Any]:
         """The body as a JSON object, or ``IncompleteReplyError`` if it is not one."""
         try:

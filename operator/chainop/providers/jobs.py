@@ -210,14 +210,7 @@ class JobsAdapter:
             json_body=build_body(provider, request, idempotency_key=key),
             secrets=(context.api_key,),
         )
-        if not reply.ok:
-            raise errors.from_status(
-                reply.status_code,
-                body=reply.body,
-                headers=reply.headers,
-                model=provider.model,
-                secrets=(context.api_key,),
-            )
+        reply.raise_for_status(model=provider.model, secrets=(context.api_key,))
         job_id = reply.json_object().get("id")
         if isinstance(job_id, int) and not isinstance(job_id, bool):
             job_id = str(job_id)
@@ -277,14 +270,7 @@ class JobsAdapter:
         if reply.status_code == 404:
             # Not retried: the service does not know the job; polling again cannot help.
             raise _JobLost(f"job {job_id} unknown to the provider (HTTP 404)", status_code=404)
-        if not reply.ok:
-            raise errors.from_status(
-                reply.status_code,
-                body=reply.body,
-                headers=reply.headers,
-                model=provider.model,
-                secrets=(context.api_key,),
-            )
+        reply.raise_for_status(model=provider.model, secrets=(context.api_key,))
         return reply.json_object()
 
 

@@ -25,7 +25,7 @@ import httpx
 
 from chainop.core.calls import CallContext, Completion
 from chainop.core.models import ProviderSpec, ProviderType, RequestSpec
-from chainop.providers import errors, http
+from chainop.providers import http
 from chainop.providers.anthropic import AnthropicAdapter
 from chainop.providers.base import Adapter
 from chainop.providers.jobs import JobsAdapter
@@ -103,14 +103,7 @@ class ProviderClients:
             headers=adapter.headers(api_key),
             secrets=(api_key,),
         )
-        if not reply.ok:
-            raise errors.from_status(
-                reply.status_code,
-                body=reply.body,
-                headers=reply.headers,
-                model=provider.model,
-                secrets=(api_key,),
-            )
+        reply.raise_for_status(model=provider.model, secrets=(api_key,))
         reply.json_object()  # a 200 page from a captive proxy is not a model server
         return loop.time() - started
 
