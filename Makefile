@@ -49,3 +49,14 @@ chart-lint: ## helm lint the chart (default, namespaced RBAC, two replicas)
 
 chart-test: ## the chart's unit tests and its install on the local control plane
 	.venv/bin/pytest tests/unit/test_chart.py tests/e2e/test_helm_e2e.py
+
+.PHONY: bench
+bench: install ## benchmarks vs raw httpx and LiteLLM (issue 7): writes docs/benchmarks.md (ARGS=--quick)
+	.venv/bin/pip install --quiet -e '.[bench]'
+	.venv/bin/python -m bench $(ARGS)
+
+.PHONY: chaos
+chaos: ## the chaos suite (tests/chaos: SIGKILLs, apiserver outage, flapping, peering, leaks); CHAINOP_CLUSTER_DIR=/tmp/x for a private control plane
+	hack/install.sh
+	hack/cluster-up.sh
+	.venv/bin/pytest tests/chaos -s -p no:cacheprovider $(ARGS)

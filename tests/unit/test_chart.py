@@ -38,12 +38,10 @@ NAMESPACED_ALLOWED: dict[tuple[str, str], dict[str, str]] = {
     ("chainop.dev", "providerchains"): {
         "list": "kopf watch of ProviderChains (handlers.chain_event): initial list",
         "watch": "kopf watch of ProviderChains (handlers.chain_event)",
-        "get": "KubeClient.get_object (a fresh read of one object)",
     },
     ("chainop.dev", "delegatedtasks"): {
         "list": "kopf watch of DelegatedTasks (handlers.task_event): initial list",
         "watch": "kopf watch of DelegatedTasks (handlers.task_event)",
-        "get": "KubeClient.get_object (a fresh read of one object)",
         "delete": "TTL: TaskRunner -> KubeClient.delete_task after ttlSecondsAfterFinished",
     },
     ("chainop.dev", "providerchains/status"): {

@@ -22,6 +22,7 @@ from typing import Any, TypeVar, cast
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError as Urllib3Error
 
 from chainop.core.models import GROUP, VERSION
 
@@ -124,7 +125,10 @@ class KubeClient:
             raise KubeError(
                 error.status or 0, str(error.reason or ""), _message_of(error)
             ) from None
-        except OSError as error:  # connection refused while the API server restarts
+        except (OSError, Urllib3Error) as error:
+            # The API server is restarting: connection refused surfaces as an OSError or,
+            # once urllib3 has spent its retries, as MaxRetryError/ProtocolError (not
+            # OSErrors). Either way it is "unreachable", which callers retry or ride out.
             raise KubeError(0, "Unreachable", str(error)[:300]) from None
 
     # ----------------------------------------------------------------- secrets
@@ -205,18 +209,6 @@ class KubeClient:
             name,
             {"status": status},
         )
-
-    async def get_object(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """One of our objects, or None."""
-        try:
-            obj = await self._call(
-                self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
-            )
-        except KubeError as error:
-            if error.not_found:
-                return None
-            raise
-        return cast(dict[str, Any], obj)
 
     async def read_peering(self, name: str, namespace: str | None) -> dict[str, Any] | None:
         """kopf's peering object (ClusterKopfPeering, or KopfPeering in ``namespace``)."""

@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 TERMINAL = (TaskPhase.SUCCEEDED, TaskPhase.FAILED)
 #: Seconds a final status write keeps retrying while the API server is unavailable.
 FINAL_WRITE_PATIENCE = 600.0
+#: Pause before a task whose execution crashed is tried again.
+CRASH_RETRY_SECONDS = 5.0
 #: How many finished task uids to remember (stale-event guard).
 FINISHED_MEMORY = 100_000
 
@@ -205,13 +207,24 @@ class TaskRunner:
         uid = str(body["metadata"].get("uid", ""))
         task = asyncio.ensure_future(self.run(body))
         self.in_flight[uid] = task
-        task.add_done_callback(functools.partial(self._done, uid))
+        task.add_done_callback(functools.partial(self._done, uid, body))
 
-    def _done(self, uid: str, task: asyncio.Task[None]) -> None:
+    def _done(self, uid: str, body: dict[str, Any], task: asyncio.Task[None]) -> None:
         if self.in_flight.get(uid) is task:
             del self.in_flight[uid]
         if not task.cancelled() and task.exception() is not None:
-            log.error("task %s failed in the operator: %r", uid, task.exception())
+            # A bug or an unforeseen error: never leave the task stuck; try it again from
+            # its status (resumable by design) after a pause.
+            log.error(
+                "task %s failed in the operator: %r; retrying in %gs",
+                uid,
+                task.exception(),
+                CRASH_RETRY_SECONDS,
+            )
+            self._cancel_deadline(uid)
+            handle = asyncio.get_running_loop().call_later(CRASH_RETRY_SECONDS, self._wake, body)
+            self.deadline_timers[uid] = handle
+            return
         again = self.rerun.pop(uid, None)
         if again is not None and uid not in self.finished:
             self.start(again)
@@ -360,8 +373,15 @@ class TaskRunner:
         loop = asyncio.get_running_loop()
         self._cancel_deadline(ref.uid)
         self.deadline_timers[ref.uid] = loop.call_later(remaining + 0.05, self._wake, body)
-        if chain is not None and chain.validated_at == 0.0:
-            return  # the chain is being validated right now (operator start): no news to write
+        if (
+            chain is not None
+            and chain.validated_at == 0.0
+            and (chain.invalid is None or chain.invalid[0] == "Pending")
+        ):
+            # The chain is being validated right now (operator start): no news to write.
+            # A chain whose spec was rejected (InvalidSpec) is never validated, so its
+            # tasks must say why they wait rather than stay silent.
+            return
         existing = conditions.get_condition(previous.conditions, PROGRESSING)
         if existing is not None and existing.reason == reason and existing.message == message:
             return  # already said so; no write
