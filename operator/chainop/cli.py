@@ -107,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
     kopf.configure(verbose=args.verbose, log_format=fmt)
     install_log_filter()
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if not args.verbose:
+        # kopf logs "Handler ... succeeded" for every watch event: noise at this volume.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     from chainop.core.endpoints import EndpointPolicy
 

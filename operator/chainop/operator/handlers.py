@@ -26,6 +26,24 @@ from chainop.redact import install_log_filter
 log = logging.getLogger(__name__)
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """A diff-base that keeps nothing: chainop has no change handlers to feed.
+
+    kopf builds an object's "essence" (a deep copy) on every event to diff it for change
+    handlers; with only ``on.event`` handlers that copy is pure cost (~11 % of the CPU in
+    a 500-task burst, bench/results/profile-operator-burst500.txt).
+    """
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        return {}
+
+    def fetch(self, *, body: Any) -> Any:
+        return None
+
+    def store(self, *, body: Any, patch: Any, essence: Any) -> None:
+        return None
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Build the Runtime from the config the CLI put in ``memo`` and start its loop."""
@@ -34,7 +52,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.enabled = False  # our Events are posted by Runtime.event
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = [0.5, 1, 2, 3, 5]
@@ -67,6 +85,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if runtime is not None:
         await runtime.close()
         await runtime.clients.aclose()
+        runtime.kube.close()
 
 
 @kopf.on.event(GROUP, VERSION, CHAINS)

@@ -9,7 +9,7 @@ background loop (``run``) does everything level-based on a short tick:
 * self-healing: Unhealthy → Excluded → restart the backend Deployment (once, within the
   budget, see restarts.py) → recovery probes with backoff → restore;
 * status: each chain's status is rebuilt from its ``HealthBoard`` and written only when
-  its significant part changed (probe times alone refresh at most once a minute), one
+  its significant part changed (probe times alone refresh about every ten minutes), one
   patch per chain per tick however many things changed;
 * revalidation: Secrets and Deployments are read again now and then, so a chain that
   was NotReady for a missing Secret becomes Ready once the Secret exists.
@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,6 +89,8 @@ class ChainRuntime:
     rotation: int = 0
     written: dict[str, Any] | None = None
     written_at: float = 0.0
+    #: Spreads the periodic refresh of chains created together over time (0.75-1.25).
+    refresh_spread: float = 1.0
     validated_at: float = 0.0
     #: Set when this replica takes over from another: rebuild from status on next event.
     resync: bool = False
@@ -129,7 +132,7 @@ class ChainRuntime:
         return (
             self._fingerprint() != self.built_fingerprint
             or (self.next_expiry is not None and now >= self.next_expiry)
-            or now - self.written_at >= refresh
+            or now - self.written_at >= refresh * self.refresh_spread
         )
 
     def build_status(self, *, now: float) -> ProviderChainStatus:
@@ -188,7 +191,7 @@ class Runtime:
         )
         self.chains: dict[tuple[str, str], ChainRuntime] = {}
         self._probing: set[ProbeKey] = set()
-        self._last_probe: dict[ProbeKey, float] = {}
+        self._next_due: dict[ProbeKey, float] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._chain_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._event_seen: dict[tuple[str, str, str], float] = {}
@@ -273,6 +276,7 @@ class Runtime:
         if runtime is None or runtime.uid != uid or runtime.resync:
             # New to this process (or another replica was in charge): resume from status.
             runtime = ChainRuntime(namespace=namespace, name=name, uid=uid)
+            runtime.refresh_spread = 0.75 + (zlib.crc32(uid.encode()) % 1000) / 2000
             previous = ProviderChainStatus.model_validate(body.get("status") or {})
             runtime.conditions = list(previous.conditions)
             resumed = [health_rules.from_status(p) for p in previous.providers]
@@ -414,31 +418,40 @@ class Runtime:
         return users
 
     def schedule_probes(self, *, now: float) -> None:
-        """Start the probes that are due: by interval, or by an Excluded user's recovery."""
+        """Start the probes that are due: by interval, or by an Excluded user's recovery.
+
+        Each key keeps a fixed cadence (``next_due`` advances by the interval, not from
+        when the probe happened to start), so tick granularity does not stretch it.
+        """
         for key, users in self.probe_users().items():
             if key in self._probing:
                 continue
-            last = self._last_probe.get(key)
-            due = False
+            due_at = self._next_due.get(key)
+            interval: float | None = None
+            recovery = False
             for runtime, provider in users:
                 assert runtime.spec is not None
                 assert runtime.board is not None
                 health = runtime.board.get(provider.name)
                 if health.excluded:
-                    due = due or healing.recovery_due(health, now=now)
+                    recovery = recovery or healing.recovery_due(health, now=now)
                 else:
-                    interval = runtime.spec.health.probe.interval_seconds
-                    due = due or last is None or now - last >= interval
-            if due:
-                self._probing.add(key)
-                self.spawn(self.probe(key, users[0]), name=f"probe-{key[1]}")
+                    candidate = runtime.spec.health.probe.interval_seconds
+                    interval = candidate if interval is None else min(interval, candidate)
+            regular = interval is not None and (due_at is None or now >= due_at)
+            if not (regular or recovery):
+                continue
+            if interval is not None:
+                on_time = due_at is not None and now - due_at < interval
+                self._next_due[key] = (due_at + interval) if on_time and due_at else now + interval
+            self._probing.add(key)
+            self.spawn(self.probe(key, users[0]), name=f"probe-{key[1]}")
 
     async def probe(self, key: ProbeKey, user: tuple[ChainRuntime, ProviderSpec]) -> None:
         """Probe one endpoint and hand the result to every chain that names it."""
         runtime, provider = user
         assert runtime.spec is not None
         timeout = runtime.spec.health.probe.timeout_seconds
-        started = self.clock()
         try:
             latency = await self.clients.probe(
                 provider, api_key=runtime.api_keys.get(provider.name), timeout=timeout
@@ -450,7 +463,6 @@ class Runtime:
         else:
             ok, latency_ms, message = True, int(latency * 1000), ""
         finally:
-            self._last_probe[key] = started
             self._probing.discard(key)
         self.metrics.probes.labels("ok" if ok else "failed").inc()
         await self.deliver(key, ok=ok, latency_ms=latency_ms, error=message)
@@ -622,7 +634,10 @@ class Runtime:
             wire = built.model_dump(by_alias=True, mode="json", exclude_none=False)
             significant = status.significant(wire)
             previous = status.significant(runtime.written) if runtime.written else None
-            stale = now - runtime.written_at >= self.config.status_refresh_seconds
+            stale = (
+                now - runtime.written_at
+                >= self.config.status_refresh_seconds * runtime.refresh_spread
+            )
             if previous == significant and not (stale and wire != runtime.written):
                 continue
             if runtime.spec is not None and runtime.board is not None:
