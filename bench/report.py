@@ -43,15 +43,12 @@ cut the per-call cost substantially.
 
 #: What the failover figures do not say by themselves.
 FAILOVER_NOTES = """\
-*Caveat on chainop's "calls to the broken primary".* In a burst, every in-flight request \
-that fails after the primary was benched counts as a new benching: at c=16 the first wave \
-of 16 failures takes `benchings` to 16, i.e. a 300 s (maxSeconds) cooldown instead of the \
-5 s (initialSeconds) DESIGN.md intends, so chainop does not retry the primary within the \
-window at all (LiteLLM tuned, with a flat 5 s cooldown, does: 30 calls instead of 16). \
-The cause is `core.health.record_failure`, which increments `benchings` for a failure \
-arriving while the provider is already benched; with that fixed, expect one more wave of \
-up to 16 calls at t≈5 s (every worker finds the cooldown expired at once: a single \
-half-open trial call would avoid that too), still with zero calls during a benching.
+*Reading "calls to the broken primary".* The first wave is the requests already in flight \
+when the primary failed (up to 16 at c=16); they fail without escalating the cooldown \
+(one benching, not sixteen). After each cooldown (5 s, doubling while it keeps failing, \
+capped at 300 s) exactly one half-open trial request goes to the primary while the other \
+workers keep skipping it, so a broken primary costs about one call per cooldown, and \
+none while it is benched. LiteLLM tuned retries every 5 s with every worker.
 """
 
 
@@ -484,4 +481,8 @@ def render(data: dict[str, Any], *, command: str) -> str:
         lines += render_failover(data["failover"], float(args.get("failover_seconds") or 10))
     if "profile" in data:
         lines += render_profile(data["profile"])
+    if "operator" in data:
+        from bench import operator_report
+
+        lines += operator_report.render_lines(data["operator"])
     return "\n".join(lines).rstrip() + "\n"

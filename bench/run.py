@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import operator_report, report
 from bench.backend import Backend, free_port
 from bench.contenders import OVERHEAD_CONTENDERS
 
@@ -226,9 +226,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-write", action="store_true", help="do not rewrite the docs")
     args, rest = parser.parse_known_args(argv)
     if args.what == "operator":
-        # Issue 7 items 3-5 (operator throughput, self-healing timings, scale) against the
-        # real control plane: to live in bench/operator.py, runnable on its own.
-        parser.exit(2, "python -m bench operator: not built yet (issue 7 items 3-5)\n")
+        # Issue 7 items 3-5 against the real control plane: bench/operator.py.
+        from bench import operator as operator_bench
+
+        operator_parser = argparse.ArgumentParser(prog="python -m bench operator")
+        operator_bench.add_arguments(operator_parser)
+        operator_args = operator_parser.parse_args(rest)
+        operator_args.quick = args.quick
+        started = time.monotonic()
+        previous = report.load_results()
+        command = " ".join(["python -m bench", *(argv or sys.argv[1:])])
+        section = operator_bench.run(operator_args)
+        section["machine"] = report.machine()
+        section["args"] = {k: v for k, v in vars(operator_args).items() if k != "quick"}
+        section["elapsed_seconds"] = round(time.monotonic() - started, 1)
+        section["command"] = command
+        merged = dict(previous)
+        old = dict(previous.get("operator", {}))
+        old.update(section)  # parts this run did not measure are kept
+        merged["operator"] = old
+        markdown = report.render(merged, command=merged.get("command", command))
+        print(operator_report.render(old))
+        if not args.no_write:
+            report.save(merged, markdown)
+        return
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.what == "render":  # rewrite the docs from bench/results/latest.json only
