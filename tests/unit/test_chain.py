@@ -522,3 +522,32 @@ async def test_after_a_benching_one_trial_request_at_a_time():
     assert first.provider == "a"
     assert board.get("a").benchings == 0  # the trial succeeded: fully healthy again
     assert board.trials == set()
+
+
+async def test_no_retry_on_a_provider_benched_meanwhile_by_another_task():
+    spec = chain(
+        provider("a"),
+        provider("b"),
+        health={"failureThreshold": 2, "transientRetries": 3, "cooldown": {"initialSeconds": 5}},
+    )
+    clock = Clock()
+    board = HealthBoard(spec)
+    gate = asyncio.Event()
+    calls = []
+
+    class Burst(ScriptedCall):
+        async def __call__(self, provider_spec, req, context):
+            calls.append(provider_spec.name)
+            if provider_spec.name == "a":
+                await gate.wait()
+                raise TransientError("HTTP 500")
+            return ok()
+
+    tasks = [asyncio.create_task(run(spec, Burst(), board=board, clock=clock)) for _ in range(4)]
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(*tasks)
+    # 4 in-flight calls fail; the first is retried at once (a is not benched yet), the
+    # second failure benches a, and from then on nobody retries it: 5 calls, not 4 + 3x3.
+    assert calls.count("a") == 5
+    assert calls.count("b") == 4

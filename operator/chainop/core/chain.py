@@ -444,7 +444,9 @@ async def execute(
                             observer.on_benched(provider, outcome.cooldown_seconds, error.message)
                             reasons.append((provider.name, error.message))
                             break
-                        if retries_left > 0:
+                        # Benched meanwhile (by a concurrent task): do not retry it, advance.
+                        benched_now = not is_terminus and outcome.health.is_benched(now())
+                        if retries_left > 0 and not benched_now:
                             retries_left -= 1
                             continue
                         reasons.append((provider.name, error.message))
