@@ -530,35 +530,31 @@ class TaskRunner:
         start: float,
     ) -> None:
         """Write the final status (and the result ConfigMap if the answer is large)."""
-        if result.completion is None:
+
+        async def fail(reason: str, message: str) -> None:
             await self.finish(
                 ref,
                 previous,
                 start=start,
                 phase=TaskPhase.FAILED,
-                reason=result.failure_reason,
-                message=REDACTOR.scrub(result.failure_message),
+                reason=reason,
+                message=message,
                 decision=decided,
                 attempts=list(result.attempts),
             )
+
+        if result.completion is None:
+            await fail(result.failure_reason, REDACTOR.scrub(result.failure_message))
             return
         completion = result.completion
         text = completion.text
         size = len(text.encode("utf-8"))
         config_map = None
         if size > self.config.max_result_bytes:
-            await self.finish(
-                ref,
-                previous,
-                start=start,
-                phase=TaskPhase.FAILED,
-                reason="ResultTooLarge",
-                message=(
-                    f"{result.provider} answered {size} bytes; at most "
-                    f"{self.config.max_result_bytes} can be stored"
-                ),
-                decision=decided,
-                attempts=list(result.attempts),
+            await fail(
+                "ResultTooLarge",
+                f"{result.provider} answered {size} bytes; at most "
+                f"{self.config.max_result_bytes} can be stored",
             )
             return
         if size > self.config.max_status_text_bytes:
@@ -579,15 +575,9 @@ class TaskRunner:
                     },
                 )
             except KubeError as error:
-                await self.finish(
-                    ref,
-                    previous,
-                    start=start,
-                    phase=TaskPhase.FAILED,
-                    reason="ResultNotStored",
-                    message=f"could not store the answer in ConfigMap {config_map}: {error}",
-                    decision=decided,
-                    attempts=list(result.attempts),
+                await fail(
+                    "ResultNotStored",
+                    f"could not store the answer in ConfigMap {config_map}: {error}",
                 )
                 return
             text = ""
