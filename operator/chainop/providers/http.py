@@ -27,6 +27,7 @@ if egress goes through a proxy configured that way.
 from __future__ import annotations
 
 import asyncio
+import http.cookiejar
 import json
 import ssl
 from collections.abc import Iterable, Mapping
@@ -82,10 +83,28 @@ def build_client(
         "timeout": DEFAULT_TIMEOUT,
         "follow_redirects": False,
         "headers": {"user-agent": USER_AGENT, "accept": "application/json"},
+        "cookies": no_cookies(),
     }
     if transport == "aiohttp":
         return httpx.AsyncClient(transport=AiohttpTransport(verify=verify, limits=limits), **common)
     return httpx.AsyncClient(limits=limits, verify=verify, **common)
+
+
+def no_cookies() -> http.cookiejar.CookieJar:
+    """A cookie jar that refuses every cookie.
+
+    The client is shared by every chain of every namespace: a cookie one tenant's
+    provider sets (a load balancer's, say) must never ride along on another tenant's
+    request to the same host. LLM APIs authenticate with headers, not cookies.
+    """
+    # A CookieJar, not httpx.Cookies: the client copies a Cookies object into a fresh
+    # default jar (losing the policy) but adopts a CookieJar as it is.
+    return http.cookiejar.CookieJar(policy=_RefuseAll())
+
+
+class _RefuseAll(http.cookiejar.DefaultCookiePolicy):
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
