@@ -249,6 +249,7 @@ class Runtime:
         meta = body.get("metadata") or {}
         key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
         if deleted:
+            self._chain_locks.pop(key, None)
             gone = self.chains.pop(key, None)
             if gone is not None and gone.spec is not None:
                 for p in gone.spec.providers:
@@ -423,7 +424,10 @@ class Runtime:
         Each key keeps a fixed cadence (``next_due`` advances by the interval, not from
         when the probe happened to start), so tick granularity does not stretch it.
         """
-        for key, users in self.probe_users().items():
+        all_users = self.probe_users()
+        for gone in self._next_due.keys() - all_users.keys():
+            del self._next_due[gone]  # no chain probes this endpoint any more
+        for key, users in all_users.items():
             if key in self._probing:
                 continue
             due_at = self._next_due.get(key)
