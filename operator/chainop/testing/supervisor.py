@@ -175,17 +175,13 @@ class BackendSupervisor:
 
         Returns the restart count; raises :class:`SupervisorError` on timeout.
         """
-        deadline = time.monotonic() + timeout
         with self._changed:
             binding = self._binding(namespace, deployment)
-            while binding.restarts < count:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise SupervisorError(
-                        f"{namespace}/{deployment}: {binding.restarts} restarts after "
-                        f"{timeout}s, expected {count}; errors: {binding.errors}"
-                    )
-                self._changed.wait(remaining)
+            if not self._changed.wait_for(lambda: binding.restarts >= count, timeout):
+                raise SupervisorError(
+                    f"{namespace}/{deployment}: {binding.restarts} restarts after "
+                    f"{timeout}s, expected {count}; errors: {binding.errors}"
+                )
             return binding.restarts
 
     def wait_for_observed(
@@ -198,17 +194,15 @@ class BackendSupervisor:
         :meth:`restarts`. (Compares resourceVersions as integers, as etcd issues them.)
         """
         wanted = int(resource_version)
-        deadline = time.monotonic() + timeout
         with self._changed:
             binding = self._binding(namespace, deployment)
-            while binding.observed_resource_version < wanted:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise SupervisorError(
-                        f"{namespace}/{deployment}: resourceVersion {resource_version} not "
-                        f"observed after {timeout}s (at {binding.observed_resource_version})"
-                    )
-                self._changed.wait(remaining)
+            if not self._changed.wait_for(
+                lambda: binding.observed_resource_version >= wanted, timeout
+            ):
+                raise SupervisorError(
+                    f"{namespace}/{deployment}: resourceVersion {resource_version} not "
+                    f"observed after {timeout}s (at {binding.observed_resource_version})"
+                )
 
     def unbind(self, namespace: str, deployment: str) -> None:
         """Stop watching the Deployment and stop its backend."""
