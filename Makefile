@@ -1,13 +1,15 @@
 # chainop developer targets. `make help` lists them.
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
+CACHE := $(shell hack/cache-dir.sh)
+HELM := $(CACHE)/bin/helm
 
 .PHONY: help install lint test unit cluster-build cluster-up cluster-down crds
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-cluster-build: ## build kube-apiserver, kube-controller-manager and helm into .cache/bin (Go, no Docker)
+cluster-build: ## build kube-apiserver, kube-controller-manager and helm into ~/.cache/chainop/bin (Go, no Docker)
 	hack/cluster-build.sh
 
 cluster-up: ## start the local control plane (etcd + apiserver + controller-manager); KUBECONFIG=.cluster/kubeconfig
@@ -43,9 +45,9 @@ chart-crds: ## copy crds/ into charts/chainop/crds/ (the chart ships them byte-f
 	cp crds/*.yaml charts/chainop/crds/
 
 chart-lint: ## helm lint the chart (default, namespaced RBAC, two replicas)
-	.cache/bin/helm lint --strict charts/chainop
-	.cache/bin/helm lint --strict charts/chainop --set rbac.namespaced=true --set 'watchNamespaces={team-a}'
-	.cache/bin/helm lint --strict charts/chainop --set replicaCount=2
+	$(HELM) lint --strict charts/chainop
+	$(HELM) lint --strict charts/chainop --set rbac.namespaced=true --set 'watchNamespaces={team-a}'
+	$(HELM) lint --strict charts/chainop --set replicaCount=2
 
 chart-test: ## the chart's unit tests and its install on the local control plane
 	.venv/bin/pytest tests/unit/test_chart.py tests/e2e/test_helm_e2e.py

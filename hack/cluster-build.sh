@@ -2,27 +2,27 @@
 # Build kube-apiserver, kube-controller-manager and helm from the Go module proxy.
 #
 # No Docker and no GitHub downloads: k8s.io/kubernetes is required as a Go module from a
-# tiny module of our own (.cache/k8s-build/<version>/), with a `replace` for every staging
+# tiny module of our own (<cache>/k8s-build/<version>/), with a `replace` for every staging
 # module (k8s.io/api, k8s.io/apiserver, ...) pinned to the published v0.N.P, derived from
-# the release's own go.mod. Binaries land in .cache/bin/; a stamp file per component skips
+# the release's own go.mod. Binaries land in <cache>/bin/; a stamp file per component skips
 # rebuilding when the right version is already there.
+#
+# <cache> is the user cache folder, not the checkout: every clone on a machine (CI's fresh
+# clone included) shares one build, so only a machine's first run pays for it. Builds of
+# heavy things take <cache>/build.lock, so two of them never compete for 2 cores.
 #
 # Environment overrides:
 #   K8S_VERSION   (default v1.36.3)   HELM_VERSION (default v3.22.0)
-#   CHAINOP_CACHE (default <repo>/.cache)
-#   CHAINOP_SHARED_CACHE (default ${XDG_CACHE_HOME:-~/.cache}/chainop): built binaries are
-#                 also copied there, so a fresh clone on the same machine (CI) reuses them
-#                 instead of building again; never required (set it to "" to disable).
+#   CHAINOP_CACHE (default ${XDG_CACHE_HOME:-~/.cache}/chainop)
 #   FORCE=1       rebuild even if the stamps match
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 K8S_VERSION="${K8S_VERSION:-v1.36.3}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
-CACHE="${CHAINOP_CACHE:-$REPO_ROOT/.cache}"
+CACHE="${CHAINOP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/chainop}"
 BIN="$CACHE/bin"
 FORCE="${FORCE:-0}"
-SHARED="${CHAINOP_SHARED_CACHE-${XDG_CACHE_HOME:-$HOME/.cache}/chainop}"
 
 log() { printf '[cluster-build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -64,34 +64,13 @@ setup_go() {  # the Go environment; only needed (and only probed) when something
 stamp_ok() {  # stamp_ok <name> <version> <binary>...
     local name="$1" version="$2"; shift 2
     [[ "$FORCE" == 1 ]] && return 1
-    if ! { [[ -f "$BIN/.stamp-$name" && "$(cat "$BIN/.stamp-$name")" == "$version" ]] \
-            && all_executable "$BIN" "$@"; }; then
-        restore_shared "$name" "$version" "$@" || return 1
-    fi
+    [[ -f "$BIN/.stamp-$name" && "$(cat "$BIN/.stamp-$name")" == "$version" ]] \
+        && all_executable "$BIN" "$@"
 }
 
 all_executable() {  # all_executable <dir> <binary>...
     local dir="$1"; shift
     local b; for b in "$@"; do [[ -x "$dir/$b" ]] || return 1; done
-}
-
-restore_shared() {  # restore_shared <name> <version> <binary>...: copy from the machine cache
-    local name="$1" version="$2"; shift 2
-    local from="$SHARED/$name-$version"
-    [[ -n "$SHARED" ]] && all_executable "$from" "$@" || return 1
-    mkdir -p "$BIN"
-    local b; for b in "$@"; do cp -f "$from/$b" "$BIN/$b.tmp" && mv -f "$BIN/$b.tmp" "$BIN/$b"; done
-    echo "$version" >"$BIN/.stamp-$name"
-    log "$name $version reused from the machine cache $from"
-}
-
-publish_shared() {  # publish_shared <name> <version> <binary>...: best effort, never fatal
-    local name="$1" version="$2"; shift 2
-    [[ -n "$SHARED" ]] || return 0
-    local to="$SHARED/$name-$version"
-    (mkdir -p "$to.tmp.$$" && for b in "$@"; do cp -f "$BIN/$b" "$to.tmp.$$/$b"; done \
-        && rm -rf "$to" && mv "$to.tmp.$$" "$to") 2>/dev/null \
-        || { rm -rf "$to.tmp.$$"; log "note: could not copy $name to $SHARED (fine)"; }
 }
 
 # Run `go build -v`, printing a progress line every 100 packages (full log kept on disk).
@@ -171,7 +150,6 @@ EOF
         "$BIN/$c" --version >&2
     done
     echo "$K8S_VERSION" >"$BIN/.stamp-kubernetes"
-    publish_shared kubernetes "$K8S_VERSION" "${comps[@]}"
 }
 
 build_helm() {
@@ -209,10 +187,15 @@ EOF
     mv -f "$BIN/helm.tmp" "$BIN/helm"
     "$BIN/helm" version --short >&2 || true
     echo "$HELM_VERSION" >"$BIN/.stamp-helm"
-    publish_shared helm "$HELM_VERSION" helm
 }
 
 t0=$SECONDS
+mkdir -p "$CACHE"
+exec 9>"$CACHE/build.lock"
+if ! flock -n 9; then
+    log "another build holds $CACHE/build.lock; waiting for it (2 cores: one heavy build at a time)"
+    flock 9
+fi
 log "cache: $CACHE (Kubernetes $K8S_VERSION, helm $HELM_VERSION)"
 build_kubernetes
 if [[ "${SKIP_HELM:-0}" != 1 ]]; then build_helm; fi

@@ -14,7 +14,7 @@ set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STATE="${CHAINOP_CLUSTER_DIR:-$REPO_ROOT/.cluster}"
-BIN="${CHAINOP_CACHE:-$REPO_ROOT/.cache}/bin"
+BIN="${CHAINOP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/chainop}/bin"
 PKI="$STATE/pki"
 LOGS="$STATE/logs"
 RUN="$STATE/run"

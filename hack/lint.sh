@@ -11,7 +11,7 @@ echo "==> mypy --strict operator/"
 .venv/bin/mypy operator/chainop
 echo "==> import-linter (core stays pure)"
 (cd operator && ../.venv/bin/lint-imports --config ../pyproject.toml)
-if [ -d charts/chainop ] && [ -x .cache/bin/helm ]; then
+if [ -d charts/chainop ] && [ -x "$(hack/cache-dir.sh)/bin/helm" ]; then
   echo "==> helm lint"
-  .cache/bin/helm lint charts/chainop
+  "$(hack/cache-dir.sh)/bin/helm" lint charts/chainop
 fi

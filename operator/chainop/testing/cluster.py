@@ -95,10 +95,19 @@ def kubectl_path() -> str:
     return found
 
 
+def cache_dir() -> Path:
+    """The user cache folder where built binaries live (``$CHAINOP_CACHE``, else
+    ``$XDG_CACHE_HOME/chainop``, else ``~/.cache/chainop``): shared by every clone."""
+    explicit = os.environ.get("CHAINOP_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "chainop"
+
+
 def helm_path() -> str:
-    """The helm that ``hack/cluster-build.sh`` built (``.cache/bin/helm``), else one on PATH."""
-    cache = Path(os.environ.get("CHAINOP_CACHE") or repo_root() / ".cache")
-    built = cache / "bin" / "helm"
+    """The helm that ``hack/cluster-build.sh`` built (``<cache>/bin/helm``), else one on PATH."""
+    built = cache_dir() / "bin" / "helm"
     if built.is_file() and os.access(built, os.X_OK):
         return str(built)
     found = shutil.which("helm")
