@@ -62,3 +62,7 @@ chaos: ## the chaos suite (tests/chaos: SIGKILLs, apiserver outage, flapping, pe
 	hack/install.sh
 	hack/cluster-up.sh
 	.venv/bin/pytest tests/chaos -s -p no:cacheprovider $(ARGS)
+
+.PHONY: llama-build
+llama-build: ## build llama.cpp's llama-server + SmolLM2-135M into ~/.cache/chainop/llama-<version>/ (~11 min once)
+	hack/llama-build.sh
