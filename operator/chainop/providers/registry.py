@@ -4,16 +4,14 @@ It owns (or borrows) the shared ``httpx.AsyncClient``, implements the
 ``chainop.core.calls.ProviderCall`` protocol by dispatching on ``provider.type`` to the
 adapter of that wire protocol, and probes providers for health.
 
-Probes are strict: only a 2xx answer with a JSON object body from the zero-cost listing
-URL counts as healthy (its content is not inspected: listings differ between servers).
-A 404/405 there means the endpoint is not what the spec says it is (a wrong path or
-not an LLM server at all), and a 401/403 means the key is bad; calling either healthy
-would route real work into a wall. Failures raise the same error classes as calls
-(``TransientError`` for timeouts, refusals and 5xx, ``PermanentError`` for 4xx...), so
-the health logic can treat probes and real traffic alike.
-
-Probe URLs: ``{endpoint}/models`` for ``openai`` and ``jobs``; ``{root}/v1/models`` for
-``anthropic`` (see ``chainop.providers.anthropic`` for the endpoint rule).
+Probes come in kinds (``List``, ``Health``, ``Generate``; see
+``chainop.providers.probes`` for the URLs, bodies and how replies are read). They are
+strict: a 404/405 means the endpoint is not what the spec says it is, a 401/403 that the
+key is bad; calling either healthy would route real work into a wall. Failures raise the
+same error classes as calls (through ``Reply.raise_for_status``), so the health logic
+can treat probes and real traffic alike; a timeout is ``TransientError`` "timed out
+after Ns", the signal of a hung engine when a Generate probe never gets its answer. A
+probe is one request over the shared client, never retried.
 """
 
 from __future__ import annotations
@@ -24,12 +22,13 @@ from types import TracebackType
 import httpx
 
 from chainop.core.calls import CallContext, Completion
-from chainop.core.models import ProviderSpec, ProviderType, RequestSpec
-from chainop.providers import http
+from chainop.core.models import ProbeKind, ProviderSpec, ProviderType, RequestSpec
+from chainop.providers import http, probes
 from chainop.providers.anthropic import AnthropicAdapter
 from chainop.providers.base import Adapter
 from chainop.providers.jobs import JobsAdapter
 from chainop.providers.openai import OpenAIAdapter
+from chainop.providers.probes import ProbeResult
 
 
 def default_adapters() -> dict[ProviderType, Adapter]:
@@ -85,27 +84,52 @@ class ProviderClients:
         self,
         provider: ProviderSpec,
         *,
+        kind: ProbeKind,
         api_key: str | None,
         timeout: float,  # noqa: ASYNC109 - also sets socket timeouts and the message
-    ) -> float:
-        """Check that ``provider`` answers its zero-cost listing URL; return the latency.
+    ) -> ProbeResult:
+        """Run one probe of ``kind`` (List, Health or Generate) against ``provider``.
 
-        Returns seconds from sending to having read the whole 2xx JSON reply; raises the
-        ``chainop.core.errors`` class of the failure otherwise.
+        Returns a :class:`~chainop.providers.probes.ProbeResult` (latency, ``loading``
+        for a 503 "Loading model", ``served`` for List); raises the
+        ``chainop.core.errors`` class of the failure otherwise: ``ModelNotServedError``
+        for a listing without the model, ``IncompleteReplyError`` for a 2xx that is not
+        what the kind expects, ``TransientError`` "timed out after Ns" for no answer.
+        ``Auto`` is refused (``ValueError``): resolve it with ``provider.probe.kinds``.
+        A jobs provider asked for Generate gets a List (a job would cost a submission).
         """
+        kind = probes.effective_kind(provider, kind)
         adapter = self.adapter(provider)
+        secrets = (api_key,)
+        if kind is ProbeKind.HEALTH:
+            method, url, body = "GET", probes.health_url(provider), None
+        elif kind is ProbeKind.GENERATE:
+            method, url = "POST", probes.generate_url(provider)
+            body = probes.generate_body(provider)
+        else:
+            method, url, body = "GET", adapter.probe_url(provider), None
         loop = asyncio.get_running_loop()
         started = loop.time()
         reply = await self.wire.request(
-            "GET",
-            adapter.probe_url(provider),
+            method,
+            url,
             timeout=timeout,
             headers=adapter.headers(api_key),
-            secrets=(api_key,),
+            json_body=body,
+            secrets=secrets,
         )
-        reply.raise_for_status(model=provider.model, secrets=(api_key,))
-        reply.json_object()  # a 200 page from a captive proxy is not a model server
-        return loop.time() - started
+        latency = loop.time() - started
+        if probes.is_loading(reply):
+            return ProbeResult(kind=kind, latency=latency, loading=True)
+        reply.raise_for_status(model=provider.model, secrets=secrets)
+        if kind is ProbeKind.HEALTH:
+            return ProbeResult(kind=kind, latency=latency)  # vLLM: 200 with no body
+        data = reply.json_object()  # a 200 page from a captive proxy is not a model server
+        if kind is ProbeKind.GENERATE:
+            probes.check_generation(provider, data)
+            return ProbeResult(kind=kind, latency=latency)
+        served = probes.check_listing(provider, data, secrets=secrets)
+        return ProbeResult(kind=kind, latency=latency, served=served)
 
     async def aclose(self) -> None:
         """Close the shared client if this object built it."""

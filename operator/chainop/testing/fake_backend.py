@@ -12,7 +12,11 @@ Routes::
     POST /jobs                                      route "jobs"       (submit)
     GET  /jobs/{id}                                 route "jobs_poll"
     GET  /models, /v1/models                        route "models"
+    GET  /health                                    route "health"     (no API key needed)
     POST /_control   GET /_control   GET /_stats   POST /_reset     (not counted)
+
+``GET /health`` answers 200 with an empty body, as vLLM does
+(``vllm/entrypoints/serve/instrumentator/health.py``: ``Response(status_code=200)``).
 
 Steering (``POST /_control`` with a JSON object, or :meth:`FakeBackend.set_mode`): a
 *mode* applies to one ``route`` or, without one, to every route that has no mode of its
@@ -22,17 +26,40 @@ own. Each call replaces that scope's mode; ``{"route": R, "mode": "inherit"}`` d
 mode            behaviour
 ==============  ===========================================================================
 healthy         a normal answer
-error           HTTP ``status`` (500) with ``body`` (an OpenAI-style error by default);
-                ``echo_headers: true`` puts the request headers into the body, to check
-                that clients redact secrets a misbehaving server reflects
+error           HTTP ``status`` (500) with ``body`` (the server's error envelope, see
+                below, by default) and any extra ``headers``; ``echo_headers: true`` puts
+                the request headers into the body, to check that clients redact secrets
+                a misbehaving server reflects
 slow            sleep ``delay_ms`` then answer normally
 hang            never answer (until the client gives up or the server stops)
 drop            send the status line, headers and half the body, then close the socket
-rate_limit      HTTP 429 with ``Retry-After: retry_after`` (1)
-unknown_model   HTTP 404 with a model-not-found body naming the requested model
+rate_limit      HTTP 429 with ``Retry-After: retry_after`` (1) and OpenAI's 429 body
+unknown_model   HTTP 404 with OpenAI's model-not-found body naming the requested model
 malformed       HTTP 200 with a body that is not JSON
 empty           HTTP 200 with empty ``choices`` / ``content`` / result text / model list
+hung_engine     the vLLM engine-dead case: ``/models``, ``/health`` and job polls answer
+                normally, completions, messages and job submissions never answer; set it
+                globally (``set_mode("hung_engine")``), it only touches those routes
+loading         llama.cpp loading its model: every route answers 503 with exactly
+                ``{"error":{"code":503,"message":"Loading model","type":
+                "unavailable_error"}}`` (``application/json; charset=utf-8``), as
+                ``middleware_server_state`` in llama.cpp's ``tools/server/
+                server-http.cpp`` does for every path until the model is loaded
+reply           exactly ``status``, ``headers`` (an object of strings, Content-Type
+                included) and ``body`` (a string sent byte for byte), with no header of
+                the fake's own: replays a recorded real reply over a real socket
 ==============  ===========================================================================
+
+Error envelopes follow the servers: the Messages route answers Anthropic's ``{"type":
+"error", "error": {"type", "message"}}`` (docs.anthropic.com/en/api/errors); every other
+route answers vLLM's current ``{"error": {"message", "type", "param", "code"}}`` (vLLM
+main as of 2026, ``ErrorResponse``/``ErrorInfo`` in ``vllm/entrypoints/openai/engine/
+protocol.py``, built by ``create_error_response`` in ``.../engine/serving.py``; older
+vLLM releases sent the flat ``{"object": "error", ...}``), with ``type``
+``BadRequestError`` (400), ``NotFoundError`` (404), ``InternalServerError`` (500, and
+other 5xx) and the HTTP status as ``code``. A model outside the served ones gets vLLM's
+exact 404, ``{"error":{"message":"The model `X` does not exist.","type":"NotFoundError",
+"param":"model","code":404}}`` (``_check_model`` in ``.../engine/serving.py``).
 
 ``fail_next: N`` makes only the next N requests of the scope misbehave (in ``mode``,
 ``error`` by default), after which it is healthy again: the shape of a transient fault.
@@ -40,8 +67,13 @@ Giving ``delay_ms`` without a mode means ``slow``.
 
 Settings (same endpoint, independent of modes): ``job_delay_ms`` (how long a job stays
 queued/running), ``job_status`` (``succeeded`` or ``failed``) and ``job_error`` (the
-``error`` of a failed job), ``models`` (only these models are served, others get 404),
-``api_key`` (require ``Authorization: Bearer`` or ``x-api-key`` with it, else 401).
+``error`` of a failed job), ``models`` (only these models are served: ``/models`` lists
+them and a request for another gets vLLM's 404; changing it at runtime is a redeploy with
+another ``--served-model-name``; unset, any model is answered and ``fake-model`` is
+listed), ``served_model`` (one name: the same as ``models: [name]``), ``api_key``
+(require ``Authorization: Bearer`` or ``x-api-key`` with it, else 401; ``/health`` stays
+public). ``FakeBackend(models=[...])`` and ``--served-model-name`` set the models served
+from the start (kept by ``reset``).
 
 Jobs are deduplicated by ``idempotency_key``: the same key answers the same id and is not
 a new submission. ``GET /_stats`` counts requests per route, outcomes per route and mode,
@@ -50,7 +82,7 @@ created per key: one each, unless deduplication broke), so a test can assert "ex
 one submission per task".
 
 Run it as ``python -m chainop.testing.fake_backend --port PORT [--host 127.0.0.1]
-[--name NAME] [--mode healthy]``; it prints ``fake-backend NAME listening on URL`` once
+[--name NAME] [--mode healthy] [--served-model-name MODEL ...]``; it prints ``fake-backend NAME listening on URL`` once
 it accepts connections. In tests use :class:`FakeBackend` (async) or
 :class:`FakeBackendThread` (sync); steer one in another process with
 :class:`FakeBackendControl`. No per-request logging: benchmarks measure throughput with it.
@@ -74,7 +106,9 @@ from typing import Any, Final
 import httpx
 from aiohttp import web
 
-ROUTES: Final = ("openai", "anthropic", "jobs", "jobs_poll", "models")
+ROUTES: Final = ("openai", "anthropic", "jobs", "jobs_poll", "models", "health")
+#: Routes that need the engine: a hung engine never answers them.
+GENERATION_ROUTES: Final = frozenset({"openai", "anthropic", "jobs"})
 MODES: Final = (
     "healthy",
     "error",
@@ -85,11 +119,40 @@ MODES: Final = (
     "unknown_model",
     "malformed",
     "empty",
+    "hung_engine",
+    "loading",
+    "reply",
 )
 MODE_KEYS: Final = frozenset(
-    {"mode", "status", "body", "delay_ms", "retry_after", "fail_next", "echo_headers"}
+    {"mode", "status", "body", "headers", "delay_ms", "retry_after", "fail_next", "echo_headers"}
 )
-SETTING_KEYS: Final = frozenset({"job_delay_ms", "job_status", "job_error", "models", "api_key"})
+SETTING_KEYS: Final = frozenset(
+    {"job_delay_ms", "job_status", "job_error", "models", "served_model", "api_key"}
+)
+#: llama.cpp's reply to every route while it loads the model, byte for byte:
+#: ``tools/server/server-http.cpp`` (``middleware_server_state``), serialised by
+#: nlohmann::json, whose objects sort their keys.
+LOADING_BODY: Final = b'{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}'
+LOADING_CONTENT_TYPE: Final = "application/json; charset=utf-8"
+#: vLLM's ``ErrorInfo.type`` per status (``create_error_response`` in
+#: ``vllm/entrypoints/openai/engine/serving.py``); other statuses keep OpenAI's types.
+VLLM_ERROR_TYPES: Final = {
+    400: "BadRequestError",
+    404: "NotFoundError",
+    500: "InternalServerError",
+    501: "NotImplementedError",
+}
+#: Anthropic's ``error.type`` per status (docs.anthropic.com/en/api/errors).
+ANTHROPIC_ERROR_TYPES: Final = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
 JOB_STATUSES: Final = ("succeeded", "failed")
 DEFAULT_MODEL: Final = "fake-model"
 #: Nominal prices of the fake, used for the jobs protocol's ``cost_usd``.
@@ -110,6 +173,7 @@ class ModeConfig:
     mode: str = "healthy"
     status: int = 500
     body: Any = None
+    headers: dict[str, str] | None = None
     delay_ms: float = 0.0
     retry_after: float = 1.0
     fail_next: int | None = None
@@ -148,6 +212,8 @@ class BackendState:
 
     name: str
     default_mode: str = "healthy"
+    #: The models served from the start (``--served-model-name``); reset keeps them.
+    default_models: list[str] | None = None
     global_mode: ModeConfig = field(default_factory=ModeConfig)
     route_modes: dict[str, ModeConfig] = field(default_factory=dict)
     settings: Settings = field(default_factory=Settings)
@@ -162,10 +228,15 @@ class BackendState:
 
     def __post_init__(self) -> None:
         self.global_mode = ModeConfig(mode=_checked_mode(self.default_mode))
+        if self.default_models is not None:
+            self.settings.models = list(self.default_models)
 
     def reset(self) -> None:
-        """Forget modes, settings, counters and jobs (the name and start mode stay)."""
-        fresh = BackendState(name=self.name, default_mode=self.default_mode)
+        """Forget modes, settings, counters and jobs (the name, start mode and start
+        models stay)."""
+        fresh = BackendState(
+            name=self.name, default_mode=self.default_mode, default_models=self.default_models
+        )
         for name in self.__dataclass_fields__:
             setattr(self, name, getattr(fresh, name))
 
@@ -207,6 +278,11 @@ class BackendState:
             ):
                 raise ControlError("models must be a list of strings or null")
             settings.models = models
+        if "served_model" in payload:
+            served = payload["served_model"]
+            if served is not None and not (isinstance(served, str) and served):
+                raise ControlError("served_model must be a non-empty string or null")
+            settings.models = None if served is None else [served]
         if "api_key" in payload:
             settings.api_key = payload["api_key"] or None
 
@@ -280,6 +356,16 @@ def _mode_config(payload: Mapping[str, Any]) -> ModeConfig:
         changes["status"] = status
     if "body" in payload:
         changes["body"] = payload["body"]
+    if "headers" in payload:
+        headers = payload["headers"]
+        if headers is not None and not (
+            isinstance(headers, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
+        ):
+            raise ControlError("headers must be an object of strings")
+        changes["headers"] = headers
+    if mode == "reply" and not isinstance(changes.get("body", ""), str):
+        raise ControlError("mode 'reply' sends body as it is: it must be a string")
     for key in ("delay_ms", "retry_after"):
         if key in payload:
             changes[key] = _number(payload, key)
@@ -331,6 +417,35 @@ def _json_bytes(payload: Any) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
+def _error_payload(
+    route: str, status: int, message: str, *, kind: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    """An error body as the server behind ``route`` would send it.
+
+    Anthropic's envelope for the Messages route (``{"type": "error", "error": {"type",
+    "message"}}``, docs.anthropic.com/en/api/errors); vLLM's for every other route
+    (``ErrorResponse`` in ``vllm/entrypoints/openai/engine/protocol.py``: ``{"error":
+    {"message", "type", "param", "code"}}`` with the HTTP status as ``code``).
+    """
+    if route == "anthropic":
+        error_type = kind or ANTHROPIC_ERROR_TYPES.get(
+            status, "api_error" if status >= 500 else "invalid_request_error"
+        )
+        return {"type": "error", "error": {"type": error_type, "message": message}}
+    error_type = kind or VLLM_ERROR_TYPES.get(
+        status, "InternalServerError" if status >= 500 else "BadRequestError"
+    )
+    return {"error": {"message": message, "type": error_type, "param": param, "code": status}}
+
+
+def _replay(config: ModeConfig) -> web.Response:
+    """Mode ``reply``: exactly ``status``, ``headers`` and ``body`` (no header of ours)."""
+    body = config.body if isinstance(config.body, str) else ""
+    return web.Response(
+        body=body.encode(), status=config.status, headers=dict(config.headers or {})
+    )
+
+
 class FakeServer:
     """The aiohttp application around a :class:`BackendState`."""
 
@@ -347,6 +462,7 @@ class FakeServer:
         add("GET", "/jobs/{job_id}", self._route("jobs_poll", self._poll_job))
         for path in ("/models", "/v1/models"):
             add("GET", path, self._route("models", self._models))
+        add("GET", "/health", self._route("health", self._health))
         add("POST", "/_control", self._control)
         add("GET", "/_control", self._describe)
         add("GET", "/_stats", self._stats)
@@ -394,7 +510,7 @@ class FakeServer:
                     parsed = None
                 if not isinstance(parsed, dict):
                     state.outcomes[route]["bad_request"] += 1
-                    return self._error_json(400, "request body must be a JSON object")
+                    return self._error_json(route, 400, "request body must be a JSON object")
                 body = parsed
             state.last_request[route] = {
                 "path": request.path,
@@ -405,25 +521,31 @@ class FakeServer:
                     if key in request.headers
                 },
             }
-            if not self._authorized(request):
+            # /health is public, as on vLLM (its key guards /v1 only) and llama.cpp.
+            if route != "health" and not self._authorized(request):
                 state.outcomes[route]["unauthorized"] += 1
-                return self._error_json(401, "invalid api key", kind="authentication_error")
+                return self._error_json(route, 401, "invalid api key", kind="authentication_error")
             config = state.take_mode(route)
             mode = config.mode
+            if mode == "hung_engine" and route not in GENERATION_ROUTES:
+                mode = "healthy"  # the API server still lists models and answers /health
             state.outcomes[route][mode] += 1
-            if mode == "hang":
+            if mode in ("hang", "hung_engine"):
                 await asyncio.get_running_loop().create_future()
             if mode == "slow":
                 await asyncio.sleep(config.delay_ms / 1000)
             elif mode == "error":
-                return self._error_reply(request, config)
-            elif mode == "rate_limit":
-                return self._error_json(
-                    429,
-                    "rate limit exceeded",
-                    kind="rate_limit_error",
-                    headers={"retry-after": f"{config.retry_after:g}"},
+                return self._error_reply(request, route, config)
+            elif mode == "reply":
+                return _replay(config)
+            elif mode == "loading":
+                return web.Response(
+                    body=LOADING_BODY,
+                    status=503,
+                    headers={**self._headers, "Content-Type": LOADING_CONTENT_TYPE},
                 )
+            elif mode == "rate_limit":
+                return self._rate_limited(route, config)
             elif mode == "malformed":
                 return web.Response(
                     body=b'{"id": "x", "choices": [{"message": {"content": "tru',
@@ -433,11 +555,13 @@ class FakeServer:
             requested_model = body.get("model")
             model = requested_model if isinstance(requested_model, str) else DEFAULT_MODEL
             served = state.settings.models
-            if mode == "unknown_model" or (
-                served is not None and route != "models" and "model" in body and model not in served
-            ):
+            if mode == "unknown_model":
                 return self._model_not_found(route, model)
+            if served is not None and route != "models" and "model" in body and model not in served:
+                return self._model_not_served(route, model)
             status, payload = await build(request, body, mode == "empty")
+            if payload is None:  # vLLM's /health: 200 with an empty body
+                return web.Response(status=status, headers=self._headers)
             data = _json_bytes(payload)
             if mode == "drop" and status < 300:
                 return await self._drop(request, status, data)
@@ -552,6 +676,11 @@ class FakeServer:
             "error": None,
         }
 
+    async def _health(
+        self, request: web.Request, body: Mapping[str, Any], empty: bool
+    ) -> tuple[int, Any]:
+        return 200, None
+
     async def _models(
         self, request: web.Request, body: Mapping[str, Any], empty: bool
     ) -> tuple[int, Any]:
@@ -571,37 +700,70 @@ class FakeServer:
 
     def _error_json(
         self,
+        route: str,
         status: int,
         message: str,
         *,
-        kind: str = "invalid_request_error",
+        kind: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> web.Response:
-        payload = {"error": {"message": message, "type": kind, "code": status}}
         return web.Response(
-            body=_json_bytes(payload),
+            body=_json_bytes(_error_payload(route, status, message, kind=kind)),
             status=status,
             content_type="application/json",
             headers={**self._headers, **(headers or {})},
         )
 
-    def _error_reply(self, request: web.Request, config: ModeConfig) -> web.Response:
+    def _rate_limited(self, route: str, config: ModeConfig) -> web.Response:
+        headers = {"retry-after": f"{config.retry_after:g}"}
+        if route == "anthropic":
+            return self._error_json(route, 429, "rate limit exceeded", headers=headers)
+        # OpenAI's documented 429 (platform.openai.com/docs/guides/error-codes).
+        payload = {
+            "error": {
+                "message": "Rate limit reached for requests",
+                "type": "requests",
+                "param": None,
+                "code": "rate_limit_exceeded",
+            }
+        }
+        return web.Response(
+            body=_json_bytes(payload),
+            status=429,
+            content_type="application/json",
+            headers={**self._headers, **headers},
+        )
+
+    def _error_reply(self, request: web.Request, route: str, config: ModeConfig) -> web.Response:
+        headers = {**self._headers, **(config.headers or {})}
+        typed = any(key.lower() == "content-type" for key in headers)
         if config.body is not None and not config.echo_headers:
             raw = config.body if isinstance(config.body, str) else json.dumps(config.body)
             return web.Response(
-                text=raw,
+                body=raw.encode(),
                 status=config.status,
-                content_type="application/json",
-                headers=self._headers,
+                content_type=None if typed else "application/json",
+                headers=headers,
             )
-        error: dict[str, Any] = {
-            "message": f"injected error {config.status} from {self.state.name}",
-            "type": "server_error" if config.status >= 500 else "invalid_request_error",
-            "code": config.status,
-        }
+        payload = _error_payload(
+            route, config.status, f"injected error {config.status} from {self.state.name}"
+        )
         if config.echo_headers:
-            error["request_headers"] = dict(request.headers)
-        return self._json({"error": error}, status=config.status)
+            payload["error"]["request_headers"] = dict(request.headers)
+        return web.Response(
+            body=_json_bytes(payload),
+            status=config.status,
+            content_type=None if typed else "application/json",
+            headers=headers,
+        )
+
+    def _model_not_served(self, route: str, model: str) -> web.Response:
+        """A model other than the served ones: vLLM's own 404 (``_check_model`` in
+        ``vllm/entrypoints/openai/engine/serving.py``), or Anthropic's."""
+        if route == "anthropic":
+            return self._model_not_found(route, model)
+        payload = _error_payload(route, 404, f"The model `{model}` does not exist.", param="model")
+        return self._json(payload, status=404)
 
     def _model_not_found(self, route: str, model: str) -> web.Response:
         if route == "anthropic":
@@ -656,10 +818,13 @@ class FakeBackend:
         host: str = "127.0.0.1",
         port: int = 0,
         mode: str = "healthy",
+        models: list[str] | None = None,
     ) -> None:
         self.name = name
         self.host = host
-        self.state = BackendState(name=name, default_mode=mode)
+        self.state = BackendState(
+            name=name, default_mode=mode, default_models=list(models) if models else None
+        )
         self.server = FakeServer(self.state)
         self._requested_port = port
         self._runner: web.AppRunner | None = None
@@ -716,6 +881,7 @@ class FakeBackend:
         route: str | None = None,
         status: int | None = None,
         body: Any = None,
+        headers: dict[str, str] | None = None,
         delay_ms: float | None = None,
         retry_after: float | None = None,
         fail_next: int | None = None,
@@ -726,6 +892,7 @@ class FakeBackend:
             mode=mode,
             status=status,
             body=body,
+            headers=headers,
             delay_ms=delay_ms,
             retry_after=retry_after,
             fail_next=fail_next,
@@ -738,7 +905,8 @@ class FakeBackend:
         self.state.configure(payload)
 
     def configure(self, **settings: Any) -> None:
-        """Change settings: job_delay_ms, job_status, job_error, models, api_key."""
+        """Change settings: job_delay_ms, job_status, job_error, models, served_model,
+        api_key."""
         unknown = set(settings) - SETTING_KEYS
         if unknown:
             raise ControlError(f"unknown settings: {sorted(unknown)}")
@@ -769,8 +937,9 @@ class FakeBackendThread:
         host: str = "127.0.0.1",
         port: int = 0,
         mode: str = "healthy",
+        models: list[str] | None = None,
     ) -> None:
-        self.backend = FakeBackend(name, host=host, port=port, mode=mode)
+        self.backend = FakeBackend(name, host=host, port=port, mode=mode, models=models)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping: asyncio.Event | None = None
@@ -923,8 +1092,10 @@ def _control_answer(response: httpx.Response) -> dict[str, Any]:
 # --------------------------------------------------------------------------- CLI
 
 
-async def _serve(host: str, port: int, name: str, mode: str) -> None:
-    backend = FakeBackend(name, host=host, port=port, mode=mode)
+async def _serve(
+    host: str, port: int, name: str, mode: str, models: list[str] | None = None
+) -> None:
+    backend = FakeBackend(name, host=host, port=port, mode=mode, models=models)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -935,7 +1106,8 @@ async def _serve(host: str, port: int, name: str, mode: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m chainop.testing.fake_backend --port PORT [--host] [--name] [--mode]``."""
+    """``python -m chainop.testing.fake_backend --port PORT [--host] [--name] [--mode]
+    [--served-model-name MODEL ...]``."""
     parser = argparse.ArgumentParser(
         prog="python -m chainop.testing.fake_backend",
         description="A fake OpenAI/Anthropic/jobs backend that fails on cue.",
@@ -944,8 +1116,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind")
     parser.add_argument("--name", default="fake", help="name shown in replies and stats")
     parser.add_argument("--mode", default="healthy", choices=MODES, help="initial mode")
+    parser.add_argument(
+        "--served-model-name",
+        action="append",
+        dest="models",
+        metavar="MODEL",
+        help="serve only this model (repeatable), as vLLM's --served-model-name",
+    )
     args = parser.parse_args(argv)
-    asyncio.run(_serve(args.host, args.port, args.name, args.mode))
+    asyncio.run(_serve(args.host, args.port, args.name, args.mode, args.models))
 
 
 if __name__ == "__main__":
