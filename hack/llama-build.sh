@@ -140,9 +140,16 @@ build_server() {
     # One heavy build at a time on this machine.
     exec 9>"$CACHE/build.lock"
     if ! flock -n 9; then
-        local holder
-        holder="$(lslocks -n -o PID,PATH 2>/dev/null | awk -v p="$CACHE/build.lock" '$2 == p {print $1; exit}' || true)"
-        log "another build holds $CACHE/build.lock${holder:+ (pid $holder)}; waiting for it (2 cores: one heavy build at a time)"
+        local holder="" inode pid
+        inode="$(stat -c %i "$CACHE/build.lock")"
+        # the lock's owner as the kernel knows it (it may have exited, its children holding it)
+        for pid in $(lslocks -n -o PID,INODE,MODE 2>/dev/null | awk -v i="$inode" '$2 == i && $3 !~ /\*/ {print $1}'); do
+            if [[ -r "/proc/$pid/cmdline" ]]; then
+                holder="pid $pid: $(tr '\0' ' ' <"/proc/$pid/cmdline" | cut -c1-80)"
+                break
+            fi
+        done
+        log "another build holds $CACHE/build.lock${holder:+ ($holder)}; waiting for it (2 cores: one heavy build at a time)"
         local waited=$SECONDS
         until flock -w 30 9; do
             log "  still waiting for $CACHE/build.lock ($((SECONDS - waited))s)"
@@ -217,7 +224,14 @@ build_server() {
     log "llama-server: $DEST/bin/llama-server ($version)"
 }
 
-log "cache: $DEST"
-install_model   # light: a download, done before waiting for the lock
-build_server
-log "ready in $((SECONDS - t0))s: $DEST/bin/llama-server -m $DEST/models/$MODEL_FILE"
+main() {
+    log "cache: $DEST"
+    install_model   # light: a download, done before waiting for the lock
+    build_server
+    log "ready in $((SECONDS - t0))s: $DEST/bin/llama-server -m $DEST/models/$MODEL_FILE"
+}
+
+# All of the work is in functions, parsed before anything runs: editing this file while a
+# build is running does not derail that build.
+main "$@"
+exit
