@@ -29,8 +29,8 @@ OPENAI_404 = (
         (404, OPENAI_404, errors.ModelNotFoundError),
         (404, "no route", errors.PermanentError),
         (400, "", errors.PermanentError),
-        (401, "", errors.PermanentError),
-        (403, "", errors.PermanentError),
+        (401, "", errors.AuthError),
+        (403, "", errors.AuthError),
         (422, "", errors.PermanentError),
     ],
 )

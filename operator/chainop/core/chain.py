@@ -7,8 +7,14 @@ no I/O), so every rule is testable with plain async functions and an injected cl
 * skip CoolingDown/Excluded providers, except the terminus (always attempted);
 * retry transient errors ``transientRetries`` times on the same provider; each failure
   counts; at ``failureThreshold`` bench and advance at once;
-* model-not-found and capability mismatches advance without penalty;
-* other permanent errors fail at once unless ``advanceOnPermanentError``;
+* model-not-found and capability mismatches (declared, or said by the provider in any
+  status) advance without penalty;
+* quota exhausted advances at once and benches for ``health.quotaCooldownSeconds``;
+* a content-policy refusal fails the task (never a success, never the provider's
+  fault) unless ``advanceOnContentPolicy``;
+* other permanent errors (bad request, auth) fail at once unless
+  ``advanceOnPermanentError``;
+* failed real calls of a provider with a backend are evidence of a wedged engine;
 * the task's own deadline is never the provider's fault;
 * an incomplete reply is a transient error: never a success;
 * when everything fails, one error joins every provider's reason.
@@ -28,8 +34,11 @@ from chainop.core import health as health_rules
 from chainop.core.calls import CallContext, Completion, ProviderCall
 from chainop.core.errors import (
     ChainExhaustedError,
+    ContentPolicyError,
+    IncompleteReplyError,
     ModelNotFoundError,
     ProviderError,
+    QuotaExhaustedError,
     RateLimitedError,
     TransientError,
     UnsupportedRequestError,
@@ -115,6 +124,11 @@ class HealthBoard:
     ) -> FailureOutcome:
         """A real request to ``provider`` failed transiently; returns whether it was benched."""
         policy = self.chain.health
+        # Timeouts, refusals and 5xx of an in-cluster backend are evidence of a wedged
+        # engine; a rate limit or a garbled reply is not.
+        wedge_evidence = provider.backend is not None and not isinstance(
+            error, RateLimitedError | IncompleteReplyError
+        )
         outcome = health_rules.record_failure(
             self.get(provider.name),
             now=now,
@@ -123,7 +137,26 @@ class HealthBoard:
             cooldown=policy.cooldown,
             exempt=provider.exempt_from_cooldown,
             retry_after=error.retry_after if isinstance(error, RateLimitedError) else None,
+            retry_after_cap=policy.retry_after_cap_seconds,
             restart_in_flight=provider.name in self.restarting,
+            wedge=policy.wedged if wedge_evidence else None,
+        )
+        self.set(outcome.health)
+        return outcome
+
+    def quota_exhausted(
+        self, provider: ProviderSpec, error: QuotaExhaustedError, *, now: float
+    ) -> FailureOutcome:
+        """The provider's quota or credit ran out: a long benching, no failure count."""
+        policy = self.chain.health
+        outcome = health_rules.record_quota_exhausted(
+            self.get(provider.name),
+            now=now,
+            error=error.message,
+            quota_cooldown=policy.quota_cooldown_seconds,
+            retry_after=error.retry_after,
+            retry_after_cap=policy.retry_after_cap_seconds,
+            exempt=provider.exempt_from_cooldown,
         )
         self.set(outcome.health)
         return outcome
@@ -151,6 +184,9 @@ class ChainObserver:
 
     def on_spillover(self, from_provider: ProviderSpec, to_provider: ProviderSpec) -> None:
         """Work left a Sovereign provider for a non-Sovereign one."""
+
+    def on_quota_exhausted(self, provider: ProviderSpec, seconds: float, reason: str) -> None:
+        """A provider said its quota, credit or spend limit ran out (benched ``seconds``)."""
 
 
 #: The observer of executions nobody observes (its hooks do nothing).
@@ -454,13 +490,30 @@ async def execute(
                     if isinstance(error, ModelNotFoundError | UnsupportedRequestError):
                         reasons.append((provider.name, error.message))
                         break
-                    # PermanentError (and any unknown subclass) fails fast unless told otherwise.
+                    if isinstance(error, QuotaExhaustedError):
+                        quota = board.quota_exhausted(provider, error, now=now())
+                        if quota.benched:
+                            observer.on_quota_exhausted(
+                                provider, quota.cooldown_seconds, error.message
+                            )
+                        reasons.append((provider.name, error.message))
+                        break
                     reasons.append((provider.name, error.message))
+                    if isinstance(error, ContentPolicyError):
+                        if chain.advance_on_content_policy:
+                            break
+                        return ExecutionResult(
+                            attempts=tuple(attempts),
+                            failure_reason="ContentPolicy",
+                            failure_message=f"{provider.name}: {error.message} (not retried "
+                            "elsewhere: advanceOnContentPolicy is false)",
+                        )
+                    # PermanentError (and any unknown subclass) fails fast unless told otherwise.
                     if chain.advance_on_permanent_error:
                         break
                     return ExecutionResult(
                         attempts=tuple(attempts),
-                        failure_reason="PermanentError",
+                        failure_reason=error.kind.value,
                         failure_message=f"{provider.name}: {error.message} (not retried: "
                         "failing over cannot fix a bad request or key)",
                     )

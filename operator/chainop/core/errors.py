@@ -10,19 +10,31 @@ Exception tree::
     ChainopError
     ├── ProviderError                  a fault attributed to one provider
     │   ├── TransientError             retry, then count toward benching
-    │   │   ├── RateLimitedError       HTTP 429, may carry Retry-After
-    │   │   └── IncompleteReplyError   malformed JSON, cut-off body, empty choices
-    │   ├── ModelNotFoundError         404 naming the model: advance, no penalty
-    │   ├── UnsupportedRequestError    beyond declared capabilities: advance, no penalty
-    │   └── PermanentError             400/401/403/422: fail the task at once
+    │   │   ├── RateLimitedError       a short rate limit, may carry the provider's delay
+    │   │   └── IncompleteReplyError   malformed JSON, cut-off body, empty choices,
+    │   │                              the context (not maxTokens) ran out
+    │   ├── ModelNotFoundError         the model is not served: advance, no penalty
+    │   │   └── ModelNotServedError    (probes) the listing lacks the model: drift
+    │   ├── UnsupportedRequestError    capability: beyond what the provider can take
+    │   │                              (context, max_tokens, images, tools, a request
+    │   │                              over the per-minute budget): advance, no penalty
+    │   ├── QuotaExhaustedError        quota/credit/spend limit: advance, long bench
+    │   ├── ContentPolicyError         refusal or content filter: fail (or advance)
+    │   └── PermanentError             bad request: fail the task at once
+    │       └── AuthError              bad or missing key, no permission
     ├── DeadlineExceeded               the caller's own deadline: never the provider's fault
     └── ChainExhaustedError            every eligible provider failed or was skipped
 """
 
 from __future__ import annotations
 
+import email.utils
 import enum
 import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 
 class ErrorKind(enum.StrEnum):
@@ -33,6 +45,9 @@ class ErrorKind(enum.StrEnum):
     INCOMPLETE = "IncompleteReply"
     MODEL_NOT_FOUND = "ModelNotFound"
     UNSUPPORTED = "Unsupported"
+    QUOTA_EXHAUSTED = "QuotaExhausted"
+    CONTENT_POLICY = "ContentPolicy"
+    AUTH = "AuthError"
     PERMANENT = "PermanentError"
     DEADLINE = "DeadlineExceeded"
 
@@ -104,16 +119,62 @@ class ModelNotFoundError(ProviderError):
     kind = ErrorKind.MODEL_NOT_FOUND
 
 
+class ModelNotServedError(ModelNotFoundError):
+    """A probe's listing does not contain the configured model (model drift).
+
+    ``served`` is what the listing offered instead, for status. A restart does not bring
+    a model back, so the provider is excluded but never restarted.
+    """
+
+    def __init__(self, message: str, *, served: tuple[str, ...] = ()) -> None:
+        super().__init__(message, status_code=None)
+        self.served = served
+
+
 class UnsupportedRequestError(ProviderError):
-    """The request needs more than the provider declares (context, vision, tools)."""
+    """Capability: the request needs more than this provider can take.
+
+    Raised before sending when the declared capabilities rule it out, and after the
+    provider itself said so (prompt too long, max_tokens too large, no images, no tools,
+    a single request over its per-minute token budget) in whatever status it used.
+    """
 
     kind = ErrorKind.UNSUPPORTED
 
 
+class QuotaExhaustedError(ProviderError):
+    """Insufficient quota, no credit, spend limit reached: not a short rate limit.
+
+    Retrying cannot help for a long while, so the chain advances at once and the provider
+    is benched for ``health.quotaCooldownSeconds`` (unless it named a retry delay).
+    """
+
+    kind = ErrorKind.QUOTA_EXHAUSTED
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status_code=status_code)
+        self.retry_after = retry_after
+
+
+class ContentPolicyError(ProviderError):
+    """A refusal or a content filter: never a success, never the provider's fault."""
+
+    kind = ErrorKind.CONTENT_POLICY
+
+
 class PermanentError(ProviderError):
-    """A bad request or a bad key: failing over cannot fix it."""
+    """A bad request: failing over cannot fix it."""
 
     kind = ErrorKind.PERMANENT
+
+
+class AuthError(PermanentError):
+    """A bad or missing API key, or no permission (401/403, Gemini's 400 "API key not
+    valid"): failing over cannot fix the key, so the task fails at once."""
+
+    kind = ErrorKind.AUTH
 
 
 class DeadlineExceeded(ChainopError):
@@ -131,46 +192,351 @@ class ChainExhaustedError(ChainopError):
         super().__init__(f"all providers failed: {joined}")
 
 
-def classify_status(
-    status_code: int, *, body_text: str = "", model: str = "", retry_after: float | None = None
-) -> ProviderError:
-    """Map an HTTP error status (and a short body excerpt) to an error class.
+#: Reply headers that carry a provider's retry delay (what ``retry_delay`` reads).
+RETRY_HEADERS = (
+    "retry-after",
+    "retry-after-ms",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-reset-tokens",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-remaining-tokens",
+)
 
-    Purely computational, no side effects. A 404 whose body names the model, or says
-    "model" and "not found"/"does not exist", is model-not-found; any other 404 is a
-    permanent fault (a wrong endpoint path cannot be fixed by retrying).
+
+def classify_status(
+    status_code: int,
+    *,
+    body_text: str = "",
+    model: str = "",
+    retry_after: float | None = None,
+    headers: Mapping[str, str] | None = None,
+    now: float | None = None,
+) -> ProviderError:
+    """Map an HTTP error reply to an error class by what it *says*, not only its status.
+
+    Purely computational. ``headers`` (lower-case names) supply the provider's retry
+    delay (``retry-after-ms``, ``retry-after``, ``x-ratelimit-reset-*``); a Gemini
+    ``retryDelay`` in the body counts too; ``retry_after`` overrides them all. ``now``
+    (epoch seconds) is only needed to read delays given as dates. The rules, first
+    match wins (docs/errors.md has the table generated from the corpus of real replies):
+
+    1. auth: 401, 403, or a body that says the key is invalid (Gemini answers 400);
+    2. quota exhausted: insufficient quota, no credit, billing or spend limit;
+    3. content policy: content filters and policy refusals;
+    4. capability: the prompt exceeds the context, max_tokens too large, a request over
+       the per-minute token budget (413, or 429 "Request too large"), images or tools
+       unsupported — whatever the status (400, 413, 422, even 500/501);
+    5. model not found: the model does not exist, was decommissioned, Azure's
+       DeploymentNotFound, Ollama's "try pulling it first";
+    6. rate limited: any other 429 (with the provider's delay, if it gave one);
+    7. transient: 408, 409 and 425 (lock/conflict, too early), TGI's 424, every 5xx
+       (Anthropic's 529 overloaded, a proxy's HTML 502), "server busy" / "overloaded";
+    8. anything else (other 4xx, 3xx) is a bad request: permanent.
     """
-    excerpt = _error_message(body_text)[:200].replace("\n", " ").strip()
+    fields = _error_fields(body_text)
+    excerpt = " ".join(fields.message.split())[:200]
     detail = f"HTTP {status_code}" + (f": {excerpt}" if excerpt else "")
-    lowered = body_text.lower()
-    if status_code == 429:
-        return RateLimitedError(detail, status_code=429, retry_after=retry_after)
-    if status_code == 408 or status_code >= 500:
-        return TransientError(detail, status_code=status_code)
-    if status_code == 404 and (
-        (model and model.lower() in lowered)
-        or ("model" in lowered and ("not found" in lowered or "does not exist" in lowered))
-    ):
+    said = fields.searchable
+    delay = retry_after
+    if delay is None:
+        delay = retry_delay(headers or {}, now=now)
+    if delay is None:
+        delay = fields.retry_delay
+    if status_code in (401, 403) or _says(said, _AUTH):
+        return AuthError(detail, status_code=status_code)
+    if _says(said, _QUOTA):
+        return QuotaExhaustedError(detail, status_code=status_code, retry_after=delay)
+    if _says(said, _CONTENT_POLICY):
+        return ContentPolicyError(detail, status_code=status_code)
+    if status_code == 413 or _says(said, _CAPABILITY) or _unsupported_feature(said):
+        return UnsupportedRequestError(detail, status_code=status_code)
+    if status_code == 404 and ((model and model.lower() in said) or "model" in said):
         return ModelNotFoundError(detail, status_code=404)
+    if _says(said, _MODEL_NOT_FOUND):
+        return ModelNotFoundError(detail, status_code=status_code)
+    if status_code == 429:
+        return RateLimitedError(detail, status_code=429, retry_after=delay)
+    if status_code in _TRANSIENT_STATUSES or status_code >= 500 or _says(said, _BUSY):
+        return TransientError(detail, status_code=status_code)
     return PermanentError(detail, status_code=status_code)
 
 
-def _error_message(body_text: str) -> str:
-    """The human part of an error body: ``error.message`` of OpenAI/Anthropic-style JSON,
-    else the body itself. Purely computational."""
+# Distinctive phrases of real replies (tests/corpus names the source of each); matched in
+# the lower-cased message, type, code and status of the body.
+_AUTH = (
+    "invalid_api_key",
+    "invalid api key",
+    "incorrect api key",
+    "api key not valid",
+    "api_key_invalid",
+    "authentication_error",
+    "permission_error",
+    "invalid x-api-key",
+    "unauthenticated",
+    "permission_denied",
+    "no api key",
+    "invalid authentication",
+)
+_QUOTA = (
+    "insufficient_quota",
+    "exceeded your current quota",
+    "credit balance is too low",
+    "credit balance too low",
+    "billing_hard_limit",
+    "billing hard limit",
+    "billing_not_active",
+    "spend limit",
+    "spending limit",
+    "usage limit",
+    "out of credits",
+    "insufficient credits",
+    "insufficient balance",
+    "payment required",
+    "quota exceeded for metric",
+    "perday",
+    "per day",
+)
+_CONTENT_POLICY = (
+    "content_filter",
+    "content_policy",
+    "content management policy",
+    "responsibleaipolicyviolation",
+    "content policy",
+    "safety system",
+    "flagged by",
+    "prohibited_content",
+)
+_CAPABILITY = (
+    "maximum context length",
+    "context length",
+    "context_length_exceeded",
+    "context window",
+    "exceed_context_size",
+    "exceeds the available context",
+    "exceeds the context",
+    "prompt is too long",
+    "prompt too long",
+    "input is too long",
+    "too many tokens",
+    "too many input tokens",
+    "reduce the length",
+    "must be <= ",
+    "must be less than or equal",
+    "maximum number of tokens",
+    "max_tokens is too large",
+    "max_tokens: ",
+    "max_new_tokens",
+    "request too large",
+    "request_too_large",
+    "input tokens exceed",
+    "input length",
+    "string too long",
+    "not_supported_error",
+)
+_FEATURES = ("image", "vision", "multimodal", "tool", "function", "response_format", "audio")
+_MODEL_NOT_FOUND = (
+    "model_not_found",
+    "does not exist",
+    "model not found",
+    "not found, try pulling",
+    "decommissioned",
+    "deploymentnotfound",
+    "deployment for this resource does not exist",
+    "no such model",
+    "unknown model",
+    "invalid model",
+    "is not a valid model",
+    "not_found_error",
+)
+_BUSY = (
+    "server busy",
+    "server is busy",
+    "overloaded",
+    "try again later",
+    "temporarily unavailable",
+)
+#: Statuses that say "not now" rather than "never": request timeout, conflict, TGI's
+#: generation error (424), too early.
+_TRANSIENT_STATUSES = frozenset({408, 409, 424, 425})
+
+
+def _says(text: str, phrases: tuple[str, ...]) -> bool:
+    return any(phrase in text for phrase in phrases)
+
+
+def _unsupported_feature(text: str) -> bool:
+    """ "images are not supported", "does not support tools", "unsupported ... function"."""
+    negation = ("not support" in text) or ("unsupported" in text) or ("not supported" in text)
+    return negation and any(feature in text for feature in _FEATURES)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorFields:
+    """What an error body says, whatever envelope the server used."""
+
+    message: str = ""
+    searchable: str = ""
+    retry_delay: float | None = None
+
+
+def _error_fields(body_text: str) -> ErrorFields:
+    """Pull message, type, code and status out of the envelopes real servers use.
+
+    Purely computational. Envelopes: OpenAI/Azure/Groq/Mistral/llama.cpp
+    ``{"error": {"message", "type", "code"}}``; Anthropic ``{"type": "error", "error":
+    {...}}``; vLLM ``{"object": "error", "message", "type", "code"}``; TGI ``{"error":
+    "...", "error_type": "..."}``; Ollama ``{"error": "..."}``; Gemini ``{"error": {"code",
+    "message", "status", "details": [{"retryDelay": "27s"}]}}``, sometimes wrapped in a
+    list; FastAPI ``{"detail": ...}``; anything else (an HTML page) is searched as text.
+    """
     try:
-        parsed = json.loads(body_text)
+        parsed: Any = json.loads(body_text) if body_text.strip() else None
     except ValueError:
-        return body_text
-    if isinstance(parsed, dict):
-        error = parsed.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])
-        if isinstance(error, str):
-            return error
-        if isinstance(parsed.get("message"), str):
-            return str(parsed["message"])
-    return body_text
+        parsed = None
+    if isinstance(parsed, list) and parsed and isinstance(parsed[0], dict):
+        parsed = parsed[0]
+    if not isinstance(parsed, dict):
+        text = body_text.strip()
+        if text.startswith("<"):
+            text = _html_text(text)
+        return ErrorFields(message=text, searchable=text.lower())
+    parts: list[str] = []
+    message = ""
+    delay: float | None = None
+    error = parsed.get("error")
+    sources: list[dict[str, Any]] = [parsed]
+    if isinstance(error, dict):
+        sources.insert(0, error)
+        inner = error.get("innererror")
+        if isinstance(inner, dict):
+            sources.append(inner)
+        delay = _details_delay(error.get("details"))
+    elif isinstance(error, str):
+        message = error
+        parts.append(error)
+    for source in sources:
+        for key in ("message", "type", "code", "status", "error_type", "param", "reason"):
+            value = source.get(key)
+            if isinstance(value, str | int) and not isinstance(value, bool):
+                parts.append(str(value))
+                if key == "message" and not message and isinstance(value, str):
+                    message = value
+    detail = parsed.get("detail")
+    if isinstance(detail, str | list | dict):
+        text = detail if isinstance(detail, str) else json.dumps(detail)
+        parts.append(text)
+        message = message or text
+    if not message:
+        message = body_text.strip()
+    searchable = " | ".join(parts).lower() or body_text.lower()
+    return ErrorFields(message=message, searchable=searchable, retry_delay=delay)
+
+
+def _html_text(html: str) -> str:
+    """The title (or the tag-free text) of an HTML error page from a proxy."""
+    match = re.search(r"<title>(.*?)</title>", html, flags=re.I | re.S)
+    if match:
+        return match.group(1).strip()
+    return " ".join(re.sub(r"<[^>]+>", " ", html).split())[:200]
+
+
+def _details_delay(details: Any) -> float | None:
+    """Gemini's ``google.rpc.RetryInfo`` detail: ``{"retryDelay": "27s"}``."""
+    if not isinstance(details, list):
+        return None
+    for item in details:
+        if isinstance(item, dict) and isinstance(item.get("retryDelay"), str):
+            return parse_duration(item["retryDelay"])
+    return None
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_duration(value: str) -> float | None:
+    """``27s``, ``1.5s``, ``20ms``, ``6m0s``, ``2m59.56s``, ``1h2m`` → seconds.
+
+    Purely computational. The Go-style durations of OpenAI's and Groq's
+    ``x-ratelimit-reset-*`` headers and Gemini's ``retryDelay``; a bare number is
+    seconds. None when it does not parse.
+    """
+    text = value.strip().lower()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return seconds if seconds >= 0 and seconds == seconds else None
+    position, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != position:
+            return None
+        number, unit = float(match.group(1)), match.group(2)
+        total += number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+        position = match.end()
+    return total if position == len(text) and position > 0 else None
+
+
+def retry_delay(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """The delay a provider asks for, from its headers (lower-case names), or None.
+
+    Purely computational. ``retry-after-ms`` (OpenAI SDKs honour it first), then
+    ``retry-after`` (seconds, or an HTTP date when ``now`` is given), then the longest
+    ``x-ratelimit-reset-requests`` / ``x-ratelimit-reset-tokens`` among the budgets that
+    are exhausted (all of them when the reply does not say which).
+    """
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            value = float(millis) / 1000
+        except ValueError:
+            value = -1.0
+        if value >= 0:
+            return value
+    after = parse_retry_after(headers.get("retry-after"))
+    if after is None and now is not None and headers.get("retry-after"):
+        when = _http_date(headers["retry-after"])
+        if when is not None:
+            after = max(when - now, 0.0)
+    if after is not None:
+        return after
+    resets = []
+    for budget in ("requests", "tokens"):
+        reset = headers.get(f"x-ratelimit-reset-{budget}")
+        if not reset:
+            continue
+        remaining = headers.get(f"x-ratelimit-remaining-{budget}")
+        if remaining not in (None, "0") and _exhausted_known(headers):
+            continue
+        seconds = parse_duration(reset)
+        if seconds is not None:
+            resets.append(seconds)
+    return max(resets) if resets else None
+
+
+def _exhausted_known(headers: Mapping[str, str]) -> bool:
+    """Whether the remaining-counters say which budget ran out (one of them is 0)."""
+    return "0" in (
+        headers.get("x-ratelimit-remaining-requests"),
+        headers.get("x-ratelimit-remaining-tokens"),
+    )
+
+
+def _http_date(value: str) -> float | None:
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed.tzinfo is None:
+        return None
+    return parsed.timestamp()
+
+
+def _error_message(body_text: str) -> str:
+    """The human part of an error body (see ``_error_fields``). Purely computational."""
+    return _error_fields(body_text).message
 
 
 def parse_retry_after(value: str | None) -> float | None:

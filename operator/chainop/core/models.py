@@ -89,6 +89,15 @@ class ProbeMode(enum.StrEnum):
     PASSIVE = "Passive"
 
 
+class ProbeKind(enum.StrEnum):
+    """What an active probe asks a provider (see ``ProviderProbeSpec``)."""
+
+    AUTO = "Auto"
+    LIST = "List"
+    HEALTH = "Health"
+    GENERATE = "Generate"
+
+
 class ProviderState(enum.StrEnum):
     """A provider's health as shown in ``status.providers[].state``."""
 
@@ -176,6 +185,48 @@ class Capabilities(_Model):
     )
 
 
+class ProviderProbeSpec(_Model):
+    """How chainop probes this provider (when the chain probes it actively).
+
+    List: GET the model listing; healthy only if the configured model is in it (a
+    listing without it is model drift). Health: GET the server's own health endpoint at
+    the endpoint's root (vLLM, TGI, SGLang, llama.cpp); 503 "Loading model" while a
+    restarted server loads is neither a failure nor a recovery. Generate: a tiny
+    completion (maxTokens tokens); any well-formed reply counts, so a reasoning model
+    that spends every token thinking still passes; it is the only probe that sees a hung
+    engine behind a live API server. Auto: Generate + List for Sovereign providers with
+    a backend (own hardware: free), List for everything else (paid APIs are never
+    charged for a probe).
+    """
+
+    kind: ProbeKind = Field(
+        default=ProbeKind.AUTO, description="Auto, List, Health or Generate (see above)."
+    )
+    health_path: str = Field(
+        default="/health",
+        max_length=256,
+        pattern=r"^/[^\s?#]*$",
+        description="Path of the Health probe, at the root of the endpoint's host.",
+    )
+    max_tokens: int = Field(
+        default=16,
+        ge=2,
+        le=256,
+        description=(
+            "maxTokens of a Generate probe: small, but never 1 (reasoning models may spend "
+            "the first tokens thinking; any well-formed reply counts)."
+        ),
+    )
+
+    def kinds(self, *, sovereign_with_backend: bool) -> tuple[ProbeKind, ...]:
+        """The concrete probes to run, ``Auto`` resolved. Purely computational."""
+        if self.kind is not ProbeKind.AUTO:
+            return (self.kind,)
+        if sovereign_with_backend:
+            return (ProbeKind.GENERATE, ProbeKind.LIST)
+        return (ProbeKind.LIST,)
+
+
 class Cost(_Model):
     """Price of a provider, used to compute ``status.result.costUSD`` from usage."""
 
@@ -241,6 +292,10 @@ class ProviderSpec(_Model):
         description="Secret key holding the API key; the key never appears in status or logs.",
     )
     cost: Cost = Field(default_factory=Cost, description="Prices used to compute task cost.")
+    probe: ProviderProbeSpec = Field(
+        default_factory=ProviderProbeSpec,
+        description="What the active probe asks (List, Health, Generate or Auto).",
+    )
     exempt_from_cooldown: bool = Field(
         default=False,
         description=(
@@ -285,6 +340,30 @@ class ProbeSpec(_Model):
     )
 
 
+class WedgedSpec(_Model):
+    """Request-path evidence that an in-cluster backend is wedged.
+
+    A provider with a ``backend`` whose real calls fail ``failures`` times (timeouts,
+    refused or reset connections, 5xx) within ``windowSeconds`` while none succeeds is
+    Unhealthy even when its probes pass: an API server can answer listings and /health
+    while its engine is dead. It is then Excluded, restarted and recovered exactly as
+    for failed probes (Event ProviderWedged).
+    """
+
+    failures: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="Failed real calls (timeouts, 5xx, refused) with no success between them.",
+    )
+    window_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        le=86_400,
+        description="The failures must all fall within this many seconds.",
+    )
+
+
 class HealthSpec(_Model):
     """How failures turn into benching."""
 
@@ -298,6 +377,29 @@ class HealthSpec(_Model):
         default_factory=CooldownSpec, description="Benching length, exponential and capped."
     )
     probe: ProbeSpec = Field(default_factory=ProbeSpec, description="Active health probes.")
+    quota_cooldown_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        le=7 * 86_400,
+        description=(
+            "Benching after a provider says its quota, credit or spend limit is exhausted "
+            "(not a short rate limit): the chain advances at once and skips it this long."
+        ),
+    )
+    retry_after_cap_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        le=7 * 86_400,
+        description=(
+            "Sanity cap on a provider's own retry delay (Retry-After, retry-after-ms, "
+            "x-ratelimit-reset-*, Gemini retryDelay). A delay longer than "
+            "cooldown.maxSeconds is honoured up to this cap."
+        ),
+    )
+    wedged: WedgedSpec = Field(
+        default_factory=WedgedSpec,
+        description="When failing real calls make a provider with a backend Unhealthy.",
+    )
 
 
 class RecoverySpec(_Model):
@@ -376,6 +478,13 @@ class ProviderChainSpec(_Model):
     advance_on_permanent_error: bool = Field(
         default=False,
         description="Advance to the next provider on 400/401/403/422 instead of failing.",
+    )
+    advance_on_content_policy: bool = Field(
+        default=False,
+        description=(
+            "Advance to the next provider when one refuses or filters the content. Off: "
+            "the task fails with reason ContentPolicy (a refusal is never a success)."
+        ),
     )
     task_defaults: TaskDefaults = Field(
         default_factory=TaskDefaults, description="Defaults for tasks using this chain."
@@ -469,6 +578,18 @@ class ProviderStatus(_StatusModel):
     )
     next_recovery_time: datetime | None = Field(
         default=None, description="When the next recovery probe is due."
+    )
+    reason: str = Field(
+        default="",
+        description=(
+            "Why the provider is not Healthy, one CamelCase word: ProbeFailed, Wedged, "
+            "ModelNotServed, QuotaExhausted, RateLimited, Failing, Loading, Slow."
+        ),
+    )
+    served_models: list[str] = Field(
+        default_factory=list,
+        max_length=20,
+        description="What the listing served instead, when the configured model is missing.",
     )
 
 
@@ -616,6 +737,9 @@ class AttemptOutcome(enum.StrEnum):
     INCOMPLETE = "IncompleteReply"
     MODEL_NOT_FOUND = "ModelNotFound"
     UNSUPPORTED = "Unsupported"
+    QUOTA_EXHAUSTED = "QuotaExhausted"
+    CONTENT_POLICY = "ContentPolicy"
+    AUTH = "AuthError"
     PERMANENT = "PermanentError"
     DEADLINE = "DeadlineExceeded"
 
@@ -627,9 +751,12 @@ class Attempt(_StatusModel):
     outcome: AttemptOutcome = Field(
         description=(
             "Succeeded; TransientError, RateLimited or IncompleteReply (counted against the "
-            "provider); ModelNotFound or Unsupported (advanced without penalty); "
-            "PermanentError; DeadlineExceeded (the task's own limit); Skipped (benched "
-            "or excluded, no call made)."
+            "provider); ModelNotFound or Unsupported (the request exceeds the provider's "
+            "capabilities: advanced without penalty); QuotaExhausted (advanced at once, "
+            "provider benched for quotaCooldownSeconds); ContentPolicy (a refusal or "
+            "content filter: fails, or advances with advanceOnContentPolicy); AuthError "
+            "and PermanentError (fail at once); DeadlineExceeded (the task's own limit); "
+            "Skipped (benched, excluded or saturated, no call made)."
         )
     )
     error: str = Field(default="", description="What went wrong, without secrets.")

@@ -102,8 +102,13 @@ def _image_block(url: str) -> dict[str, Any]:
     return {"type": "image", "source": {"type": "url", "url": url}}
 
 
-def parse_reply(data: dict[str, Any]) -> Completion:
-    """A Completion from a Messages reply, or IncompleteReplyError. Purely computational."""
+def parse_reply(data: dict[str, Any], *, max_tokens: int | None = None) -> Completion:
+    """A Completion from a Messages reply, or IncompleteReplyError. Purely computational.
+
+    ``stop_reason: refusal`` is a ``ContentPolicyError``; ``max_tokens`` short of the
+    caller's limit, or ``model_context_window_exceeded``, means the context ran out: an
+    incomplete answer (see ``base.check_finished``).
+    """
     content = data.get("content")
     if not isinstance(content, list):
         raise errors.incomplete("content missing or not a list")
@@ -117,6 +122,13 @@ def parse_reply(data: dict[str, Any]) -> Completion:
     finish_reason = (
         STOP_REASONS.get(stop_reason, stop_reason) if isinstance(stop_reason, str) else "stop"
     )
+    usage = data.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    base.check_finished(
+        finish_reason=finish_reason,
+        output_tokens=base.token_count(usage, "output_tokens"),
+        max_tokens=max_tokens,
+    )
     if not text:
         tool_uses = [
             {"name": block["name"], "arguments": json.dumps(block.get("input", {}))}
@@ -126,8 +138,6 @@ def parse_reply(data: dict[str, Any]) -> Completion:
         if not tool_uses:
             raise errors.incomplete("no text in content")
         text = json.dumps(tool_uses, separators=(",", ":"))
-    usage = data.get("usage")
-    usage = usage if isinstance(usage, dict) else {}
     return Completion(
         text=text,
         finish_reason=finish_reason,
@@ -163,4 +173,4 @@ class AnthropicAdapter:
             secrets=(context.api_key,),
         )
         reply.raise_for_status(model=provider.model, secrets=(context.api_key,))
-        return parse_reply(reply.json_object())
+        return parse_reply(reply.json_object(), max_tokens=request.max_tokens)

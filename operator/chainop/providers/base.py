@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from chainop.core import errors as core_errors
 from chainop.core.calls import CallContext, Completion
 from chainop.core.models import ProviderSpec, RequestSpec
 from chainop.providers import errors
@@ -69,3 +70,36 @@ def token_count(usage: Mapping[str, Any], key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         return 0
     return int(value)
+
+
+#: Finish reasons that mean a filter or a refusal stopped the answer.
+POLICY_FINISH_REASONS = frozenset({"content_filter", "refusal", "safety", "prohibited_content"})
+
+
+def check_finished(
+    *, finish_reason: str, output_tokens: int, max_tokens: int | None, refusal: str = ""
+) -> None:
+    """Raise when a 200 reply is not a whole, permitted answer. Purely computational.
+
+    * a content filter or refusal (``finish_reason: content_filter``, Anthropic's
+      ``stop_reason: refusal``, OpenAI's ``message.refusal``) is never a success:
+      ``ContentPolicyError`` (not the provider's fault);
+    * ``finish_reason: length`` with fewer output tokens than the caller's ``max_tokens``
+      means the *context* ran out, not the caller's budget: an incomplete answer, redone
+      whole on the next provider (a bigger context may hold it). Without usage (0
+      tokens) the two cannot be told apart and the caller's limit is assumed.
+    """
+    if finish_reason in POLICY_FINISH_REASONS or refusal:
+        detail = f": {refusal[:200]}" if refusal else ""
+        raise core_errors.ContentPolicyError(
+            f"the provider refused or filtered the answer (finish_reason {finish_reason}){detail}"
+        )
+    if (
+        finish_reason in ("length", "model_context_window_exceeded")
+        and max_tokens is not None
+        and 0 < output_tokens < max_tokens
+    ) or finish_reason == "model_context_window_exceeded":
+        raise errors.incomplete(
+            f"the context ran out after {output_tokens} of {max_tokens} tokens "
+            f"(finish_reason {finish_reason})"
+        )

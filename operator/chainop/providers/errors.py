@@ -14,12 +14,18 @@ call running past its budget)                           ``TransientError`` "time
 the status line arrived but the body was cut off        ``IncompleteReplyError``
 a body larger than the reply limit                      ``IncompleteReplyError``
 malformed JSON, missing fields, empty choices/content   ``IncompleteReplyError``
-HTTP 408, 5xx                                           ``TransientError``
-HTTP 429 (+ ``Retry-After`` seconds)                    ``RateLimitedError``
-HTTP 404 naming the model                               ``ModelNotFoundError``
-any other HTTP status outside 2xx (3xx included: we
-never follow redirects, so an API key is never sent
-to a host nobody configured)                            ``PermanentError``
+any HTTP status outside 2xx                            ``core.errors.classify_status``:
+                                                        by what the body says (auth,
+                                                        quota, content policy, capability,
+                                                        model not found, rate limited,
+                                                        transient, bad request), with the
+                                                        provider's retry delay from
+                                                        ``retry-after-ms``, ``retry-after``,
+                                                        ``x-ratelimit-reset-*`` or a
+                                                        Gemini ``retryDelay``. 3xx is a bad
+                                                        request: we never follow redirects,
+                                                        so an API key is never sent to a
+                                                        host nobody configured
 ======================================================  ==================================
 
 Messages are shown in status, Events and logs, so they never include request headers,
@@ -30,6 +36,7 @@ headers and all, and has no business travelling further up in a traceback.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import aiohttp
@@ -41,6 +48,8 @@ from chainop.core import errors as core_errors
 REDACTED = "[REDACTED]"
 #: Characters of a server's error body kept in a message.
 BODY_EXCERPT_CHARS = 200
+#: Bytes of an error body read to classify it (the excerpt shown is much shorter).
+CLASSIFY_BODY_BYTES = 16_384
 
 
 def redact(text: str, secrets: Iterable[str | None]) -> str:
@@ -78,11 +87,15 @@ def from_status(
     Only a short, redacted excerpt of the body is kept: enough for a human to see
     "model `x` does not exist" in status, not enough to flood it.
     """
-    text = body[: BODY_EXCERPT_CHARS * 4].decode("utf-8", errors="replace")
+    # Enough of the body to read the whole error envelope (Gemini's details with the
+    # retryDelay come after a long message); only a short excerpt reaches status.
+    text = body[:CLASSIFY_BODY_BYTES].decode("utf-8", errors="replace")
     text = redact(text, secrets)  # classify_status keeps a short excerpt of the message
-    retry_after = core_errors.parse_retry_after(headers.get("retry-after"))
+    wanted = {
+        name: headers[name] for name in core_errors.RETRY_HEADERS if headers.get(name) is not None
+    }
     return core_errors.classify_status(
-        status_code, body_text=text, model=model, retry_after=retry_after
+        status_code, body_text=text, model=model, headers=wanted, now=time.time()
     )
 
 

@@ -63,10 +63,12 @@ def _message(message: Message) -> dict[str, Any]:
     return {"role": message.role.value, "content": parts}
 
 
-def parse_reply(data: dict[str, Any]) -> Completion:
+def parse_reply(data: dict[str, Any], *, max_tokens: int | None = None) -> Completion:
     """A Completion from a chat-completions reply, or IncompleteReplyError.
 
-    Purely computational.
+    Purely computational. ``max_tokens`` is the caller's limit: a ``length`` finish short
+    of it means the context ran out (incomplete); ``content_filter`` or a ``refusal``
+    is a ``ContentPolicyError`` (see ``base.check_finished``).
     """
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices:
@@ -77,14 +79,21 @@ def parse_reply(data: dict[str, Any]) -> Completion:
     message = base.get_object(choice, "message", where="choices[0]")
     text = _content_text(message.get("content"))
     finish_reason = choice.get("finish_reason")
+    usage = data.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    refusal = message.get("refusal")
+    base.check_finished(
+        finish_reason=finish_reason if isinstance(finish_reason, str) else "",
+        output_tokens=base.token_count(usage, "completion_tokens"),
+        max_tokens=max_tokens,
+        refusal=refusal if isinstance(refusal, str) else "",
+    )
     if not text:
         tool_calls = _tool_calls(message.get("tool_calls"))
         if not tool_calls:
             raise errors.incomplete("empty content")
         text = json.dumps(tool_calls, separators=(",", ":"))
         finish_reason = finish_reason or "tool_calls"
-    usage = data.get("usage")
-    usage = usage if isinstance(usage, dict) else {}
     return Completion(
         text=text,
         finish_reason=finish_reason if isinstance(finish_reason, str) else "stop",
@@ -141,4 +150,4 @@ class OpenAIAdapter:
             secrets=(context.api_key,),
         )
         reply.raise_for_status(model=provider.model, secrets=(context.api_key,))
-        return parse_reply(reply.json_object())
+        return parse_reply(reply.json_object(), max_tokens=request.max_tokens)
