@@ -6,7 +6,14 @@
 * bad steering is refused with HTTP 400 and changes nothing;
 * jobs are deduplicated by idempotency key and finish after job_delay_ms;
 * stats count requests per route and outcomes per mode; reset forgets everything;
-* the served-model list and the API key setting;
+* the served-model list and the API key setting; models served from the start (the
+  constructor, ``--served-model-name``) survive a reset; a redeploy at runtime changes
+  the listing and answers other models with vLLM's exact 404;
+* real servers' behaviour: ``/health`` 200 with an empty body and no key needed (vLLM);
+  ``hung_engine`` (listing and health answer, generation never does); ``loading``
+  (llama.cpp's exact 503 on every route); error envelopes shaped like vLLM's (400, 404,
+  500) and Anthropic's on the Messages route;
+* mode ``reply`` sends exactly the given status, headers and body, also with fail_next;
 * FakeBackendThread (sync) and FakeBackendControl (another process) steer it the same way;
 * the CLI prints its listening line and serves until terminated;
 * stopping a backend with a hung request in flight finishes.
@@ -248,6 +255,180 @@ def test_cli_prints_listening_line_and_serves() -> None:
         url = line.rsplit(" ", 1)[1]
         with httpx.Client(timeout=5.0) as client:
             assert client.post(url + "/v1/chat/completions", json=CHAT).status_code == 500
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+# --------------------------------------------------------------------------- real servers
+
+VLLM_404 = (
+    b'{"error":{"message":"The model `m1` does not exist.","type":"NotFoundError",'
+    b'"param":"model","code":404}}'
+)
+LOADING = b'{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}'
+
+
+async def test_health_is_an_empty_200_without_a_key(
+    http: httpx.AsyncClient, backend: FakeBackend
+) -> None:
+    backend.configure(api_key="k-1234")
+    response = await http.get(backend.url + "/health")
+    assert response.status_code == 200
+    assert response.content == b""
+    assert backend.stats["requests"] == {"health": 1}
+
+
+async def test_hung_engine_lists_and_answers_health_but_never_generates(
+    http: httpx.AsyncClient, backend: FakeBackend
+) -> None:
+    backend.set_mode("hung_engine")
+    assert (await http.get(backend.url + "/v1/models")).status_code == 200
+    assert (await http.get(backend.url + "/health")).status_code == 200
+    for path in ("/v1/chat/completions", "/v1/messages", "/jobs"):
+        with pytest.raises(httpx.ReadTimeout):
+            await http.post(backend.url + path, json=CHAT, timeout=0.2)
+    backend.set_mode("healthy")
+    assert (await chat(http, backend)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/health"),
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/messages"),
+        ("GET", "/v1/models"),
+    ],
+)
+async def test_loading_is_llama_cpps_exact_503(
+    http: httpx.AsyncClient, backend: FakeBackend, method: str, path: str
+) -> None:
+    backend.set_mode("loading")
+    response = await http.request(
+        method, backend.url + path, json=CHAT if method == "POST" else None
+    )
+    assert response.status_code == 503
+    assert response.content == LOADING
+    assert response.headers["content-type"] == "application/json; charset=utf-8"
+
+
+async def test_a_redeploy_changes_the_listing_and_404s_other_models(
+    http: httpx.AsyncClient, backend: FakeBackend
+) -> None:
+    backend.configure(served_model="m2")
+    listing = (await http.get(backend.url + "/v1/models")).json()
+    assert [model["id"] for model in listing["data"]] == ["m2"]
+    response = await chat(http, backend)
+    assert response.status_code == 404
+    assert response.content == VLLM_404
+    anthropic = await http.post(backend.url + "/v1/messages", json=CHAT)
+    assert anthropic.json()["error"]["type"] == "not_found_error"
+    backend.configure(served_model=None)
+    assert (await chat(http, backend)).status_code == 200
+
+
+async def test_models_served_from_the_start_survive_reset(http: httpx.AsyncClient) -> None:
+    async with FakeBackend(name="vllm", models=["qwen"]) as fake:
+        fake.configure(models=["other"])
+        fake.reset()
+        listing = (await http.get(fake.url + "/v1/models")).json()
+        assert [model["id"] for model in listing["data"]] == ["qwen"]
+
+
+async def test_error_envelopes_are_vllms_and_anthropics(
+    http: httpx.AsyncClient, backend: FakeBackend
+) -> None:
+    bad = await http.post(
+        backend.url + "/v1/chat/completions",
+        content=b"not json",
+        headers={"content-type": "application/json"},
+    )
+    assert bad.status_code == 400
+    assert bad.json() == {
+        "error": {
+            "message": "request body must be a JSON object",
+            "type": "BadRequestError",
+            "param": None,
+            "code": 400,
+        }
+    }
+    backend.set_mode("error")
+    error = (await chat(http, backend)).json()["error"]
+    assert (error["type"], error["param"], error["code"]) == ("InternalServerError", None, 500)
+    anthropic = (await http.post(backend.url + "/v1/messages", json=CHAT)).json()
+    assert anthropic["type"] == "error"
+    assert anthropic["error"]["type"] == "api_error"
+
+
+async def test_reply_sends_exactly_what_it_is_given_then_heals_with_fail_next(
+    http: httpx.AsyncClient, backend: FakeBackend
+) -> None:
+    body = '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}  '
+    backend.set_mode(
+        "reply",
+        status=529,
+        headers={"Content-Type": "application/json", "retry-after": "7", "x-should-retry": "true"},
+        body=body,
+        fail_next=1,
+    )
+    replayed = await http.post(backend.url + "/v1/messages", json=CHAT)
+    assert replayed.status_code == 529
+    assert replayed.content == body.encode()
+    assert replayed.headers["content-type"] == "application/json"
+    assert replayed.headers["retry-after"] == "7"
+    assert replayed.headers["x-should-retry"] == "true"
+    assert "x-fake-backend" not in replayed.headers
+    assert (await http.post(backend.url + "/v1/messages", json=CHAT)).status_code == 200
+
+
+async def test_reply_over_remote_control_with_a_non_json_body(
+    http: httpx.AsyncClient, backend: FakeBackend
+) -> None:
+    control = FakeBackendControl(backend.url)
+    await control.aset(
+        mode="reply",
+        route="openai",
+        status=502,
+        headers={"content-type": "text/html"},
+        body="<html><body><h1>502 Bad Gateway</h1></body></html>\n",
+    )
+    response = await chat(http, backend)
+    assert response.status_code == 502
+    assert response.text == "<html><body><h1>502 Bad Gateway</h1></body></html>\n"
+    assert response.headers["content-type"] == "text/html"
+    with pytest.raises(ControlError):
+        await control.aset(mode="reply", body={"not": "a string"})
+    with pytest.raises(ControlError):
+        await control.aset(mode="reply", headers={"x": 1}, body="")
+
+
+def test_cli_serves_the_named_models() -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "chainop.testing.fake_backend",
+            "--port",
+            "0",
+            "--served-model-name",
+            "qwen",
+            "--served-model-name",
+            "llama",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip().rsplit(" ", 1)[1]
+        with httpx.Client(timeout=5.0) as client:
+            listing = client.get(url + "/v1/models").json()
+            assert [model["id"] for model in listing["data"]] == ["qwen", "llama"]
+            other = client.post(url + "/v1/chat/completions", json=CHAT)
+            assert other.status_code == 404
     finally:
         process.terminate()
         assert process.wait(timeout=10) == 0

@@ -82,10 +82,11 @@ created per key: one each, unless deduplication broke), so a test can assert "ex
 one submission per task".
 
 Run it as ``python -m chainop.testing.fake_backend --port PORT [--host 127.0.0.1]
-[--name NAME] [--mode healthy] [--served-model-name MODEL ...]``; it prints ``fake-backend NAME listening on URL`` once
-it accepts connections. In tests use :class:`FakeBackend` (async) or
-:class:`FakeBackendThread` (sync); steer one in another process with
-:class:`FakeBackendControl`. No per-request logging: benchmarks measure throughput with it.
+[--name NAME] [--mode healthy] [--served-model-name MODEL ...]``; it prints
+``fake-backend NAME listening on URL`` once it accepts connections. In tests use
+:class:`FakeBackend` (async) or :class:`FakeBackendThread` (sync); steer one in another
+process with :class:`FakeBackendControl`. No per-request logging: benchmarks measure
+throughput with it.
 """
 
 from __future__ import annotations
