@@ -690,6 +690,9 @@ def test_model_matches(configured: str, listed: str, matches: bool) -> None:
 
 def test_listed_models_reads_both_lists_once() -> None:
     assert probes.listed_models(LLAMACPP_LISTING) == (("smollm2-135m",), False)
+    # Newer llama.cpp: data[] entries carry the --alias names (get_res_model_info).
+    newer = {"data": [{"id": "/m/SmolLM2.gguf", "aliases": ["smollm2"], "tags": []}]}
+    assert probes.listed_models(newer) == (("/m/SmolLM2.gguf", "smollm2"), False)
     assert probes.listed_models({"data": [{"id": 3}, "x", {"id": "a"}], "has_more": True}) == (
         ("a",),
         True,

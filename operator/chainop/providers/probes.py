@@ -27,10 +27,12 @@ Listings understood (:func:`listed_models`), every id found under either key is 
 * ``data: [{"id": ...}]`` — OpenAI and vLLM (``vllm/entrypoints/openai/engine/
   protocol.py`` ``ModelList``), Ollama's ``/v1/models``, Gemini's OpenAI-compatible
   endpoint (ids ``models/gemini-2.0-flash``), Anthropic (``{"data": [{"id", "type":
-  "model", ...}], "has_more", "first_id", "last_id"}``) and llama.cpp;
+  "model", ...}], "has_more", "first_id", "last_id"}``) and llama.cpp, whose entries
+  also carry ``aliases``;
 * ``models: [{"name": ..., "model": ...}]`` — Ollama's native ``/api/tags`` and the
-  second list llama.cpp's ``/v1/models`` carries next to ``data``
-  (``tools/server/server-context.cpp``).
+  second list llama.cpp's ``/v1/models`` carries next to ``data`` (``get_models`` in
+  ``tools/server/server-context.cpp``). llama-server names the model by its ``--alias``,
+  else by the model file's path: start it with ``--alias`` set to the configured model.
 
 A configured model matches a listed id (:func:`model_matches`) when they are equal, or
 equal once a ``models/`` prefix (Gemini) or a ``:latest`` tag (Ollama: ``llama3`` is
@@ -179,15 +181,20 @@ def listed_models(data: dict[str, Any]) -> tuple[tuple[str, ...], bool] | None:
     """The ids a listing names and whether it says there is more, or None if ``data``
     holds no listing. Purely computational.
 
-    ``data[].id`` and ``models[].name``/``models[].model`` are both read (see the module
-    docstring); duplicates are dropped, order kept.
+    ``data[].id`` (and ``data[].aliases``), ``models[].name`` and ``models[].model`` are
+    all read (see the module docstring); duplicates are dropped, order kept.
     """
     found = False
     ids: list[str] = []
     entries = data.get("data")
     if isinstance(entries, list):
         found = True
-        ids.extend(_strings(entry.get("id") for entry in entries if isinstance(entry, dict)))
+        for entry in entries:
+            if isinstance(entry, dict):
+                ids.extend(_strings((entry.get("id"),)))
+                aliases = entry.get("aliases")  # llama.cpp: the --alias names of the model
+                if isinstance(aliases, list):
+                    ids.extend(_strings(aliases))
     entries = data.get("models")
     if isinstance(entries, list):
         found = True
