@@ -26,7 +26,8 @@ class Metrics:
             "chainop_provider_requests_total",
             "Calls to providers made for DelegatedTasks, by outcome "
             "(Succeeded, TransientError, RateLimited, IncompleteReply, ModelNotFound, "
-            "Unsupported, PermanentError, DeadlineExceeded, Skipped).",
+            "Unsupported, QuotaExhausted, ContentPolicy, AuthError, PermanentError, "
+            "DeadlineExceeded, Skipped).",
             ["namespace", "chain", "provider", "outcome"],
             registry=r,
         )
@@ -81,8 +82,22 @@ class Metrics:
         )
         self.probes = Counter(
             "chainop_probes_total",
-            "Active health probes, by result (one per distinct endpoint+model).",
-            ["result"],
+            "Active health probes, by kind (List, Health, Generate) and result (ok, "
+            "failed, loading, model_not_served); one per distinct endpoint+model+kind.",
+            ["kind", "result"],
+            registry=r,
+        )
+        self.unhealthy = Counter(
+            "chainop_provider_unhealthy_total",
+            "Times a provider turned Unhealthy, by reason (ProbeFailed, Wedged: real calls "
+            "failing while nothing succeeds, ModelNotServed: the listing lacks the model).",
+            ["namespace", "chain", "provider", "reason"],
+            registry=r,
+        )
+        self.quota_exhausted = Counter(
+            "chainop_quota_exhausted_total",
+            "Times a provider said its quota, credit or spend limit ran out.",
+            ["namespace", "chain", "provider"],
             registry=r,
         )
         self.tasks = Counter(

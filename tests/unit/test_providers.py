@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 
 from chainop.core import errors
 from chainop.core.calls import CallContext, Completion
-from chainop.core.models import Message, ProviderSpec, RequestSpec, ToolSpec
+from chainop.core.models import Message, ProbeKind, ProviderSpec, RequestSpec, ToolSpec
 from chainop.providers import TRANSPORTS, ProviderClients, TransportName
 from chainop.providers import anthropic as anthropic_protocol
 from chainop.providers import jobs as jobs_protocol
@@ -511,8 +511,12 @@ async def test_failing_on_job_submitted_stops_before_polling(
 async def test_probe_hits_the_listing_url_and_returns_latency(
     clients: ProviderClients, backend: FakeBackend, protocol: str, path: str
 ) -> None:
-    latency = await clients.probe(make_provider(backend, protocol), api_key=None, timeout=5.0)
-    assert latency >= 0
+    backend.configure(models=["m1"])
+    result = await clients.probe(
+        make_provider(backend, protocol), kind=ProbeKind.LIST, api_key=None, timeout=5.0
+    )
+    assert result.latency >= 0
+    assert result.served == ("m1",)
     assert backend.stats["last_request"]["models"]["path"] == path
     assert set(backend.stats["requests"]) == {"models"}  # never a paid completion
 
@@ -543,21 +547,28 @@ async def test_probe_failure_is_typed(
 ) -> None:
     backend.set_mode(route="models", **mode)
     with pytest.raises(errors.ProviderError) as caught:
-        await clients.probe(make_provider(backend, protocol), api_key=None, timeout=SHORT)
+        await clients.probe(
+            make_provider(backend, protocol), kind=ProbeKind.LIST, api_key=None, timeout=SHORT
+        )
     assert type(caught.value) is expected
 
 
 async def test_probe_of_a_closed_port_is_transient(clients: ProviderClients) -> None:
     provider = ProviderSpec(name="gone", endpoint=closed_port_url(), model="m1")
     with pytest.raises(errors.TransientError, match="cannot connect"):
-        await clients.probe(provider, api_key=None, timeout=SHORT)
+        await clients.probe(provider, kind=ProbeKind.LIST, api_key=None, timeout=SHORT)
 
 
 async def test_probe_sends_the_key(clients: ProviderClients, backend: FakeBackend) -> None:
-    backend.configure(api_key="probe-key")
-    await clients.probe(make_provider(backend, "anthropic"), api_key="probe-key", timeout=5.0)
+    backend.configure(api_key="probe-key", models=["m1"])
+    list_probe = ProbeKind.LIST
+    await clients.probe(
+        make_provider(backend, "anthropic"), kind=list_probe, api_key="probe-key", timeout=5.0
+    )
     with pytest.raises(errors.PermanentError):
-        await clients.probe(make_provider(backend, "openai"), api_key="nope-nope", timeout=5.0)
+        await clients.probe(
+            make_provider(backend, "openai"), kind=list_probe, api_key="nope-nope", timeout=5.0
+        )
 
 
 # --------------------------------------------------------------------------- secrets
@@ -591,7 +602,7 @@ async def test_api_key_never_appears_in_errors(
     assert CANARY_KEY not in rendered(caught.value)
     backend.set_mode(route="models", **mode)
     with pytest.raises(errors.ProviderError) as probed:
-        await clients.probe(provider, api_key=CANARY_KEY, timeout=SHORT)
+        await clients.probe(provider, kind=ProbeKind.LIST, api_key=CANARY_KEY, timeout=SHORT)
     assert CANARY_KEY not in rendered(probed.value)
 
 

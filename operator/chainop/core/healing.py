@@ -90,6 +90,9 @@ def restore(health: ProviderHealth, *, now: float, latency_ms: int | None) -> Pr
         last_probe_latency_ms=latency_ms,
         last_error="",
         slow=False,
+        reason="",
+        request_failures=(),
+        served=(),
     )
 
 

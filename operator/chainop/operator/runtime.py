@@ -4,8 +4,13 @@ One ``Runtime`` per operator process, created on kopf's startup and kept in ``me
 kopf feeds it watch events (``chains.on_event``/``tasks.on_event`` in handlers.py); one
 background loop (``run``) does everything level-based on a short tick:
 
-* probes: one per distinct (type, endpoint, model) that some chain probes actively,
-  its result shared by every chain naming it;
+* probes: one per distinct (type, endpoint, model, probe kinds) that some chain probes
+  actively, its result shared by every chain naming it. ``Auto`` resolves to Generate +
+  List for Sovereign providers with a backend (the only probe that sees a hung engine)
+  and List for the rest; a listing without the model is drift (excluded, never
+  restarted), a 503 "Loading model" is neither failure nor recovery;
+* request-path evidence: a provider the executor marked Wedged (real calls failing,
+  nothing succeeding) is excluded and restarted like one whose probes failed;
 * self-healing: Unhealthy → Excluded → restart the backend Deployment (once, within the
   budget, see restarts.py) → recovery probes with backoff → restore;
 * status: each chain's status is rebuilt from its ``HealthBoard`` and written only when
@@ -32,11 +37,13 @@ from pydantic import ValidationError
 from chainop.core import endpoints, healing, status
 from chainop.core import health as health_rules
 from chainop.core.chain import HealthBoard
-from chainop.core.errors import ProviderError
+from chainop.core.errors import ModelNotServedError, ProviderError
 from chainop.core.health import ProviderHealth
 from chainop.core.models import (
     API_VERSION,
     Condition,
+    PrivacyTier,
+    ProbeKind,
     ProbeMode,
     ProviderChainSpec,
     ProviderChainStatus,
@@ -52,12 +59,43 @@ from chainop.redact import REDACTOR
 
 log = logging.getLogger(__name__)
 
-ProbeKey = tuple[str, str, str]  # (type, endpoint, model)
+#: (type, endpoint, model, probe kinds, health path, generate max tokens)
+ProbeKey = tuple[str, str, str, tuple[ProbeKind, ...], str, int]
+
+
+def probe_kinds(provider: ProviderSpec) -> tuple[ProbeKind, ...]:
+    """The concrete probes of a provider, ``Auto`` resolved; List runs first (it is the
+    cheapest, and a missing model makes generating pointless)."""
+    own_hardware = provider.privacy_tier is PrivacyTier.SOVEREIGN and provider.backend is not None
+    kinds = provider.probe.kinds(sovereign_with_backend=own_hardware)
+    return tuple(sorted(kinds, key=lambda kind: kind is not ProbeKind.LIST))
 
 
 def probe_key(provider: ProviderSpec) -> ProbeKey:
     """Providers with the same key share one probe."""
-    return (provider.type.value, provider.endpoint.rstrip("/"), provider.model)
+    return (
+        provider.type.value,
+        provider.endpoint.rstrip("/"),
+        provider.model,
+        probe_kinds(provider),
+        provider.probe.health_path,
+        provider.probe.max_tokens,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeOutcome:
+    """What one round of probes (every kind of a key) found."""
+
+    ok: bool
+    latency_ms: int | None = None
+    error: str = ""
+    #: The server said it is loading its model (503): neither failure nor recovery.
+    loading: bool = False
+    #: The listing lacks the model; what it serves instead (drift).
+    not_served: tuple[str, ...] | None = None
+    #: A Generate probe answered: proof the engine works (clears a wedge).
+    generated: bool = False
 
 
 def validation_message(error: ValidationError) -> str:
@@ -97,6 +135,8 @@ class ChainRuntime:
     built_fingerprint: tuple[Any, ...] | None = None
     next_expiry: float | None = None
     restart_notices: dict[str, float] = field(default_factory=dict)
+    #: Providers whose wedge was already announced (Event, metric, exclusion).
+    wedge_announced: set[str] = field(default_factory=set)
 
     @property
     def ref(self) -> ObjectRef:
@@ -404,6 +444,7 @@ class Runtime:
                 key = (runtime.namespace, runtime.name)
                 async with self._lock(key):
                     await self.validate(runtime, now=now)
+        await self.heal_wedged(now=now)
         self.schedule_probes(now=now)
         await self.flush(now=now)
 
@@ -414,7 +455,11 @@ class Runtime:
             if runtime.spec is None or runtime.board is None or runtime.invalid is not None:
                 continue
             for provider in runtime.spec.providers:
-                if runtime.spec.probe_mode(provider) is ProbeMode.ACTIVE:
+                active = runtime.spec.probe_mode(provider) is ProbeMode.ACTIVE
+                # A passive provider excluded by request-path evidence still needs
+                # recovery probes to come back.
+                recovering = runtime.board.get(provider.name).excluded
+                if active or recovering:
                     users.setdefault(probe_key(provider), []).append((runtime, provider))
         return users
 
@@ -452,41 +497,75 @@ class Runtime:
             self.spawn(self.probe(key, users[0]), name=f"probe-{key[1]}")
 
     async def probe(self, key: ProbeKey, user: tuple[ChainRuntime, ProviderSpec]) -> None:
-        """Probe one endpoint and hand the result to every chain that names it."""
+        """Probe one endpoint (every kind of its key) and hand the result to every chain
+        that names it."""
         runtime, provider = user
         assert runtime.spec is not None
-        timeout = runtime.spec.health.probe.timeout_seconds
         try:
-            latency = await self.clients.probe(
-                provider, api_key=runtime.api_keys.get(provider.name), timeout=timeout
+            outcome = await self.run_probes(
+                provider,
+                api_key=runtime.api_keys.get(provider.name),
+                timeout=runtime.spec.health.probe.timeout_seconds,
+                kinds=key[3],
             )
-        except ProviderError as error:
-            ok, latency_ms, message = False, None, REDACTOR.scrub(error.message)
-        except Exception as error:  # a bug in a client must not stop probing
-            ok, latency_ms, message = False, None, f"probe failed: {type(error).__name__}"
-        else:
-            ok, latency_ms, message = True, int(latency * 1000), ""
         finally:
             self._probing.discard(key)
-        self.metrics.probes.labels("ok" if ok else "failed").inc()
-        await self.deliver(key, ok=ok, latency_ms=latency_ms, error=message)
+        await self.deliver(key, outcome)
 
-    async def deliver(self, key: ProbeKey, *, ok: bool, latency_ms: int | None, error: str) -> None:
+    async def run_probes(
+        self,
+        provider: ProviderSpec,
+        *,
+        api_key: str | None,
+        timeout: float,  # noqa: ASYNC109 - each probe's own budget
+        kinds: tuple[ProbeKind, ...],
+    ) -> ProbeOutcome:
+        """Run the probes of one key in order; the first that fails decides."""
+        latency_ms: int | None = None
+        generated = False
+        loading = False
+        for kind in kinds:
+            try:
+                result = await self.clients.probe(
+                    provider, kind=kind, api_key=api_key, timeout=timeout
+                )
+            except ModelNotServedError as error:
+                self.metrics.probes.labels(kind.value, "model_not_served").inc()
+                return ProbeOutcome(
+                    ok=False, error=REDACTOR.scrub(error.message), not_served=error.served
+                )
+            except ProviderError as error:
+                self.metrics.probes.labels(kind.value, "failed").inc()
+                message = REDACTOR.scrub(error.message)
+                return ProbeOutcome(ok=False, error=f"{kind.value} probe: {message}")
+            except Exception as error:  # a bug in a client must not stop probing
+                self.metrics.probes.labels(kind.value, "failed").inc()
+                return ProbeOutcome(
+                    ok=False, error=f"{kind.value} probe failed: {type(error).__name__}"
+                )
+            if result.loading:
+                self.metrics.probes.labels(kind.value, "loading").inc()
+                loading = True
+                continue
+            self.metrics.probes.labels(kind.value, "ok").inc()
+            latency_ms = max(latency_ms or 0, int(result.latency * 1000))
+            generated = generated or result.kind is ProbeKind.GENERATE
+        if loading:
+            return ProbeOutcome(ok=False, loading=True, error="loading model")
+        return ProbeOutcome(ok=True, latency_ms=latency_ms, generated=generated)
+
+    async def deliver(self, key: ProbeKey, outcome: ProbeOutcome) -> None:
         """Apply one probe result to every provider that shares its key."""
         now = self.clock()
         for runtime, provider in self.probe_users().get(key, []):
-            await self.apply_probe(
-                runtime, provider, ok=ok, latency_ms=latency_ms, error=error, now=now
-            )
+            await self.apply_probe(runtime, provider, outcome, now=now)
 
     async def apply_probe(
         self,
         runtime: ChainRuntime,
         provider: ProviderSpec,
+        outcome: ProbeOutcome,
         *,
-        ok: bool,
-        latency_ms: int | None,
-        error: str,
         now: float,
     ) -> None:
         """Health, exclusion, restart and restore for one provider after a probe."""
@@ -497,9 +576,20 @@ class Runtime:
         before = board.get(name)
         healing_spec = spec.self_healing
         restarting = name in board.restarting
+        ok = outcome.ok
+        if outcome.loading:
+            # A (re)starting server loading its model: expected, nothing to count.
+            board.set(health_rules.record_loading(before, now=now))
+            if before.excluded and healing.recovery_due(before, now=now):
+                board.set(
+                    healing.recovery_failed(
+                        board.get(name), now=now, recovery=healing_spec.recovery, error="loading"
+                    )
+                )
+            return
         if before.excluded:
             if ok:
-                board.set(healing.restore(before, now=now, latency_ms=latency_ms))
+                board.set(healing.restore(before, now=now, latency_ms=outcome.latency_ms))
                 self.metrics.restores.labels(runtime.namespace, runtime.name, name).inc()
                 self.event(
                     runtime.ref,
@@ -508,42 +598,57 @@ class Runtime:
                     message=f"{name} answered its recovery probe; back in the active order",
                 )
             elif healing.recovery_due(before, now=now):
-                board.set(
-                    healing.recovery_failed(
-                        before, now=now, recovery=healing_spec.recovery, error=error
-                    )
+                failed = healing.recovery_failed(
+                    before, now=now, recovery=healing_spec.recovery, error=outcome.error
                 )
+                if outcome.not_served is not None:
+                    failed = health_rules.record_model_missing(
+                        failed, now=now, error=outcome.error, served=outcome.not_served
+                    )
+                board.set(failed)
+        elif outcome.not_served is not None:
+            after = health_rules.record_model_missing(
+                before, now=now, error=outcome.error, served=outcome.not_served
+            )
+            if not before.model_missing:
+                self.metrics.unhealthy.labels(
+                    runtime.namespace, runtime.name, name, health_rules.MODEL_NOT_SERVED
+                ).inc()
+                self.event(
+                    runtime.ref,
+                    type="Warning",
+                    reason="ModelNotServed",
+                    message=f"{name}: {outcome.error}; excluded until it is listed again "
+                    "(a restart would not bring the model back)",
+                )
+            board.set(self._exclude(runtime, provider, after, now=now))
         else:
             probe = spec.health.probe
             after = health_rules.record_probe(
                 before,
                 now=now,
                 ok=ok,
-                latency_ms=latency_ms,
-                error=error,
+                latency_ms=outcome.latency_ms,
+                error=outcome.error,
                 unhealthy_threshold=probe.unhealthy_threshold,
                 slow_ms=probe.timeout_seconds * 1000 * self.config.slow_probe_fraction,
                 restart_in_flight=restarting,
+                generated=outcome.generated,
             )
             if after.unhealthy and not before.unhealthy:
+                self.metrics.unhealthy.labels(
+                    runtime.namespace, runtime.name, name, health_rules.PROBE_FAILED
+                ).inc()
                 self.event(
                     runtime.ref,
                     type="Warning",
                     reason="ProviderUnhealthy",
                     message=(
-                        f"{name} failed {after.consecutive_probe_failures} probes in a row: {error}"
+                        f"{name} failed {after.consecutive_probe_failures} probes in a row: "
+                        f"{outcome.error}"
                     ),
                 )
-            if after.unhealthy and healing_spec.exclude:
-                after = healing.exclude(after, now=now, recovery=healing_spec.recovery)
-                self.metrics.exclusions.labels(runtime.namespace, runtime.name, name).inc()
-                self.event(
-                    runtime.ref,
-                    type="Warning",
-                    reason="ProviderExcluded",
-                    message=f"{name} taken out of the active order until it recovers",
-                )
-            board.set(after)
+            board.set(self._exclude(runtime, provider, after, now=now))
         if ok and restarting:
             board.restarting.discard(name)
             if provider.backend is not None:
@@ -552,13 +657,71 @@ class Runtime:
                     name="restart-settle",
                 )
         current = board.get(name)
-        if (
-            not ok
-            and current.unhealthy
-            and provider.backend is not None
-            and healing_spec.restart_backends
-        ):
+        if not ok and self.restart_wanted(spec, provider, current):
             await self.maybe_restart(runtime, provider, now=now)
+
+    def _exclude(
+        self, runtime: ChainRuntime, provider: ProviderSpec, health: ProviderHealth, *, now: float
+    ) -> ProviderHealth:
+        """Exclude an Unhealthy provider when the chain says so (with metric and Event)."""
+        spec = runtime.spec
+        if spec is None or not health.unhealthy or health.excluded or not spec.self_healing.exclude:
+            return health
+        self.metrics.exclusions.labels(runtime.namespace, runtime.name, provider.name).inc()
+        self.event(
+            runtime.ref,
+            type="Warning",
+            reason="ProviderExcluded",
+            message=f"{provider.name} taken out of the active order until it recovers "
+            f"({health.reason or health_rules.PROBE_FAILED})",
+        )
+        return healing.exclude(health, now=now, recovery=spec.self_healing.recovery)
+
+    @staticmethod
+    def restart_wanted(
+        spec: ProviderChainSpec, provider: ProviderSpec, health: ProviderHealth
+    ) -> bool:
+        """Whether an Unhealthy provider's backend should be restarted: never for a
+        missing model (a restart does not bring it back)."""
+        return (
+            health.unhealthy
+            and not health.model_missing
+            and provider.backend is not None
+            and spec.self_healing.restart_backends
+        )
+
+    async def heal_wedged(self, *, now: float) -> None:
+        """Act on request-path evidence: the executor marks a provider Wedged when its
+        real calls keep failing while nothing succeeds (probes may well pass). Exclude it
+        and restart its backend, as for failed probes."""
+        for runtime in list(self.chains.values()):
+            spec, board = runtime.spec, runtime.board
+            if spec is None or board is None or runtime.invalid is not None:
+                continue
+            for provider in spec.providers:
+                health = board.get(provider.name)
+                if not health.wedged or provider.name in runtime.wedge_announced:
+                    if not health.wedged:
+                        runtime.wedge_announced.discard(provider.name)
+                    continue
+                runtime.wedge_announced.add(provider.name)
+                self.metrics.unhealthy.labels(
+                    runtime.namespace, runtime.name, provider.name, health_rules.WEDGED
+                ).inc()
+                window = spec.health.wedged
+                self.event(
+                    runtime.ref,
+                    type="Warning",
+                    reason="ProviderWedged",
+                    message=(
+                        f"{provider.name}: {len(health.request_failures)} real calls failed "
+                        f"within {window.window_seconds:g}s and none succeeded (last: "
+                        f"{health.last_error}); its probes cannot be trusted"
+                    ),
+                )
+                board.set(self._exclude(runtime, provider, health, now=now))
+                if self.restart_wanted(spec, provider, board.get(provider.name)):
+                    await self.maybe_restart(runtime, provider, now=now)
 
     async def maybe_restart(
         self, runtime: ChainRuntime, provider: ProviderSpec, *, now: float

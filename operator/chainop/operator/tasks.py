@@ -154,6 +154,20 @@ class TaskObserver(ChainObserver):
             message=f"{provider.name} benched for {seconds:.0f}s after: {reason}",
         )
 
+    def on_quota_exhausted(self, provider: ProviderSpec, seconds: float, reason: str) -> None:
+        self.runtime.metrics.quota_exhausted.labels(
+            self.chain.namespace, self.chain.name, provider.name
+        ).inc()
+        self.runtime.event(
+            self.chain.ref,
+            type="Warning",
+            reason="QuotaExhausted",
+            message=(
+                f"{provider.name} says its quota or credit is exhausted; skipped for "
+                f"{seconds:.0f}s: {reason}"
+            ),
+        )
+
     def on_spillover(self, from_provider: ProviderSpec, to_provider: ProviderSpec) -> None:
         self.runtime.metrics.spillovers.labels(
             self.chain.namespace, self.chain.name, from_provider.name, to_provider.name
