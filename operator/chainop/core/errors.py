@@ -221,17 +221,24 @@ def classify_status(
     match wins (docs/errors.md has the table generated from the corpus of real replies):
 
     1. auth: 401, 403, or a body that says the key is invalid (Gemini answers 400);
-    2. quota exhausted: insufficient quota, no credit, billing or spend limit;
+    2. quota exhausted: insufficient quota, no credit, billing or spend limit, when no
+       retry delay is named;
     3. content policy: content filters and policy refusals;
     4. capability: the prompt exceeds the context, max_tokens too large, a request over
-       the per-minute token budget (413, or 429 "Request too large"), images or tools
-       unsupported — whatever the status (400, 413, 422, even 500/501);
+       the per-minute token budget by itself (413, 429 "Request too large", or "Limit
+       7000, Used 0, Requested 12903"), images or tools unsupported, a server flag
+       needed ("requires --jinja") — whatever the status (400, 413, 422, even 500/501);
     5. model not found: the model does not exist, was decommissioned, Azure's
        DeploymentNotFound, Ollama's "try pulling it first";
-    6. rate limited: any other 429 (with the provider's delay, if it gave one);
-    7. transient: 408, 409 and 425 (lock/conflict, too early), TGI's 424, every 5xx
-       (Anthropic's 529 overloaded, a proxy's HTML 502), "server busy" / "overloaded";
-    8. anything else (other 4xx, 3xx) is a bad request: permanent.
+    6. transient when the server says it is overloaded or busy (TGI's 429 "Model is
+       overloaded", Ollama's "server busy") and names no delay;
+    7. rate limited: any other 429, and a "quota" reply that names a delay (Gemini's
+       per-minute quota with its retryDelay), with the provider's delay from headers,
+       the body's retryDelay, or its words ("try again in 6m0s", "retry after 45
+       seconds");
+    8. transient: 408, 409 and 425 (lock/conflict, too early), TGI's 424, every 5xx
+       (Anthropic's 529 overloaded, a proxy's HTML 502), "try again later";
+    9. anything else (other 4xx, 3xx) is a bad request: permanent.
     """
     fields = _error_fields(body_text)
     excerpt = " ".join(fields.message.split())[:200]
@@ -242,20 +249,33 @@ def classify_status(
         delay = retry_delay(headers or {}, now=now)
     if delay is None:
         delay = fields.retry_delay
+    if delay is None:
+        delay = _delay_in_words(said)
     if status_code in (401, 403) or _says(said, _AUTH):
         return AuthError(detail, status_code=status_code)
-    if _says(said, _QUOTA):
-        return QuotaExhaustedError(detail, status_code=status_code, retry_after=delay)
+    if _says(said, _QUOTA) and delay is None:
+        # Without a delay, "quota" means come back much later (billing, credit). Gemini
+        # says "exceeded your current quota" for per-minute limits too, but then names
+        # a retryDelay: that is a rate limit, honoured as such.
+        return QuotaExhaustedError(detail, status_code=status_code)
     if _says(said, _CONTENT_POLICY):
         return ContentPolicyError(detail, status_code=status_code)
-    if status_code == 413 or _says(said, _CAPABILITY) or _unsupported_feature(said):
+    if (
+        status_code == 413
+        or _says(said, _CAPABILITY)
+        or _unsupported_feature(said)
+        or _over_budget_alone(said)
+    ):
         return UnsupportedRequestError(detail, status_code=status_code)
     if status_code == 404 and ((model and model.lower() in said) or "model" in said):
         return ModelNotFoundError(detail, status_code=404)
     if _says(said, _MODEL_NOT_FOUND):
         return ModelNotFoundError(detail, status_code=status_code)
-    if status_code == 429:
-        return RateLimitedError(detail, status_code=429, retry_after=delay)
+    if _says(said, _OVERLOADED) and delay is None:
+        # TGI answers 429 "Model is overloaded": busy, not a limit on the caller.
+        return TransientError(detail, status_code=status_code)
+    if status_code == 429 or (_says(said, _QUOTA) and delay is not None):
+        return RateLimitedError(detail, status_code=status_code, retry_after=delay)
     if status_code in _TRANSIENT_STATUSES or status_code >= 500 or _says(said, _BUSY):
         return TransientError(detail, status_code=status_code)
     return PermanentError(detail, status_code=status_code)
@@ -293,8 +313,6 @@ _QUOTA = (
     "insufficient balance",
     "payment required",
     "quota exceeded for metric",
-    "perday",
-    "per day",
 )
 _CONTENT_POLICY = (
     "content_filter",
@@ -332,6 +350,12 @@ _CAPABILITY = (
     "input length",
     "string too long",
     "not_supported_error",
+    "must have less than",
+    "max_tokens must be at least",
+    # The server needs a flag to take this request (llama.cpp --jinja, vLLM
+    # --enable-auto-tool-choice): this provider cannot, the next one may.
+    "requires --",
+    "and --tool-call-parser",
 )
 _FEATURES = ("image", "vision", "multimodal", "tool", "function", "response_format", "audio")
 _MODEL_NOT_FOUND = (
@@ -348,16 +372,34 @@ _MODEL_NOT_FOUND = (
     "is not a valid model",
     "not_found_error",
 )
-_BUSY = (
-    "server busy",
-    "server is busy",
-    "overloaded",
-    "try again later",
-    "temporarily unavailable",
-)
+_OVERLOADED = ("server busy", "server is busy", "overloaded")
+_BUSY = (*_OVERLOADED, "try again later", "temporarily unavailable")
 #: Statuses that say "not now" rather than "never": request timeout, conflict, TGI's
 #: generation error (424), too early.
 _TRANSIENT_STATUSES = frozenset({408, 409, 424, 425})
+
+
+_BUDGET = re.compile(r"limit:? (\d+), used:? (\d+), requested:? ~?(\d+)")
+_TRY_AGAIN = re.compile(r"(?:try again|retry) (?:in|after) (\d+(?:\.\d+)?(?:ms|h|m|s)?[\dms.]*)")
+
+
+def _over_budget_alone(text: str) -> bool:
+    """ "Limit 7000, Used 0, Requested ~12903": this one request is over the per-minute
+    budget by itself, so waiting cannot help (Groq answers 429, OpenAI 429 "Request too
+    large"): a capability miss of this provider, not a rate limit."""
+    match = _BUDGET.search(text)
+    return match is not None and int(match.group(3)) > int(match.group(1))
+
+
+def _delay_in_words(text: str) -> float | None:
+    """ "Please try again in 6m0s", "Please retry after 45 seconds": the delay a provider
+    wrote into its message (OpenAI, Groq, Azure) when no header carried it."""
+    match = _TRY_AGAIN.search(text)
+    if match is None:
+        return None
+    value = match.group(1).rstrip(".")
+    seconds = parse_duration(value)
+    return seconds
 
 
 def _says(text: str, phrases: tuple[str, ...]) -> bool:
