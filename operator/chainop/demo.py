@@ -78,6 +78,8 @@ DEMO_RECOVERY: dict[str, Any] = {"initialSeconds": 1, "maxSeconds": 8}
 DEMO_RESTART_GRACE = 10
 #: The demo's API keys (the fake backends refuse any other with HTTP 401).
 DEMO_KEYS = {"openai-key": "sk-demo-openai-0000", "anthropic-key": "sk-ant-demo-0000"}
+#: The model the example chain asks of its in-cluster vllm provider.
+VLLM_MODEL = "qwen2.5-7b-instruct"
 #: How long the restarted vllm backend "loads its model" before it serves (a real one: minutes).
 WARMUP_SECONDS = 2.0
 
@@ -457,6 +459,10 @@ class Demo:
             str(port),
             "--name",
             "vllm",
+            # As `vllm serve --served-model-name`: the listing must name the chain's model,
+            # or chainop's List probe reports model drift.
+            "--served-model-name",
+            VLLM_MODEL,
         ]
         with contextlib.suppress(FileNotFoundError):
             (log_dir / "backends" / "vllm.started").unlink()

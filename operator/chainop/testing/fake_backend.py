@@ -69,8 +69,8 @@ Settings (same endpoint, independent of modes): ``job_delay_ms`` (how long a job
 queued/running), ``job_status`` (``succeeded`` or ``failed``) and ``job_error`` (the
 ``error`` of a failed job), ``models`` (only these models are served: ``/models`` lists
 them and a request for another gets vLLM's 404; changing it at runtime is a redeploy with
-another ``--served-model-name``; unset, any model is answered and ``fake-model`` is
-listed), ``served_model`` (one name: the same as ``models: [name]``), ``api_key``
+another ``--served-model-name``; unset, any model is answered and ``NAME-model`` and
+``fake-model`` are listed, NAME being ``--name``), ``served_model`` (one name: the same as ``models: [name]``), ``api_key``
 (require ``Authorization: Bearer`` or ``x-api-key`` with it, else 401; ``/health`` stays
 public). ``FakeBackend(models=[...])`` and ``--served-model-name`` set the models served
 from the start (kept by ``reset``).
@@ -685,7 +685,8 @@ class FakeServer:
     async def _models(
         self, request: web.Request, body: Mapping[str, Any], empty: bool
     ) -> tuple[int, Any]:
-        models = self.state.settings.models or [DEFAULT_MODEL]
+        # Unset: a fake named NAME lists NAME-model (the tests' convention) and fake-model.
+        models = self.state.settings.models or [f"{self.state.name}-model", DEFAULT_MODEL]
         data = [{"id": model, "object": "model", "owned_by": self.state.name} for model in models]
         return 200, {"object": "list", "data": [] if empty else data}
 
