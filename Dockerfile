@@ -1,30 +1,45 @@
 # syntax=docker/dockerfile:1
 # chainop operator image: `docker build -t ghcr.io/chainop/chainop:0.1.0 .`
 #
-# Two stages: the builder makes a wheel of chainop and installs it (with its pinned-by-
-# resolution dependencies) into a virtualenv at /opt/chainop; the runtime stage copies only
-# that venv onto the same slim Python base, so no compiler, pip cache or source tree ships.
+# Stages: `deps` makes a virtualenv at /opt/chainop with chainop's dependencies only (it
+# depends on pyproject.toml alone, so a code change reuses it: a rebuild takes seconds);
+# `venv` is that venv without pip; `builder` adds a wheel of chainop, installed into /out;
+# the runtime stage copies the venv and then chainop onto the same slim Python base, so no
+# compiler, pip, cache or source tree ships.
 # The base is pinned to an exact Python patch release and Debian suite (bump both stages
-# together: the venv's interpreter symlink points at the base image's python).
+# together: the venv's interpreter symlink points at the base image's python). Without a
+# registry, `make image` builds FROM a locally made Debian bookworm + python3 3.11 image
+# (hack/image-build.sh: --build-arg PYTHON_IMAGE=localhost/chainop-base:bookworm).
 
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
-# ---------------------------------------------------------------------------- builder
-FROM ${PYTHON_IMAGE} AS builder
+# ---------------------------------------------------------------------------- deps
+FROM ${PYTHON_IMAGE} AS deps
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-# Metadata first: the dependency layer is rebuilt only when pyproject.toml changes.
-COPY pyproject.toml README.md ./
+# Only pyproject.toml decides this layer: the dependencies it lists, not chainop's code.
+COPY pyproject.toml ./
+RUN python3 -m venv /opt/chainop \
+ && /opt/chainop/bin/pip install --upgrade pip wheel "setuptools>=69" \
+ && /opt/chainop/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' >/tmp/requirements.txt \
+ && /opt/chainop/bin/pip install -r /tmp/requirements.txt
+
+FROM deps AS venv
+RUN /opt/chainop/bin/pip uninstall --yes pip wheel setuptools \
+ && /opt/chainop/bin/python -m compileall -q /opt/chainop
+
+# ---------------------------------------------------------------------------- builder
+FROM deps AS builder
+COPY README.md ./
 COPY operator/ operator/
-RUN python -m venv /opt/chainop \
- && /opt/chainop/bin/pip install --upgrade pip wheel \
- && /opt/chainop/bin/pip wheel --no-deps --wheel-dir /wheels . \
- && /opt/chainop/bin/pip install /wheels/chainop-*.whl \
- && /opt/chainop/bin/pip uninstall --yes pip wheel \
- && /opt/chainop/bin/python -m compileall -q /opt/chainop \
- && /opt/chainop/bin/chainop version
+# chainop alone (no dependencies), laid out under /out as it will sit in the image.
+RUN /opt/chainop/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
+ && /opt/chainop/bin/pip install --no-deps --root /out /wheels/chainop-*.whl \
+ && site="$(/opt/chainop/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
+ && /opt/chainop/bin/python -m compileall -q "/out$site" \
+ && PYTHONPATH="/out$site" /opt/chainop/bin/python -m chainop version
 
 # ---------------------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE}
@@ -37,7 +52,8 @@ LABEL org.opencontainers.image.title="chainop" \
 RUN groupadd --system --gid 65532 chainop \
  && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin chainop
-COPY --from=builder /opt/chainop /opt/chainop
+COPY --from=venv /opt/chainop /opt/chainop
+COPY --from=builder /out/ /
 ENV PATH=/opt/chainop/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1

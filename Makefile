@@ -15,8 +15,24 @@ cluster-build: ## build kube-apiserver, kube-controller-manager and helm into ~/
 cluster-up: ## start the local control plane (etcd + apiserver + controller-manager); KUBECONFIG=.cluster/kubeconfig
 	hack/cluster-up.sh
 
-cluster-down: ## stop the local control plane (WIPE=1 also deletes .cluster/)
+cluster-down: ## stop the local control plane, and a running node first (WIPE=1 also deletes .cluster/)
 	WIPE=$(or $(WIPE),0) hack/cluster-down.sh
+
+.PHONY: node-build node-up node-down node-status image
+node-build: ## build kubelet + kube-scheduler (same Kubernetes module as the control plane) into the user cache
+	hack/cluster-build.sh node
+
+node-up: ## a real node: containerd + runc + bridge CNI + kubelet + kube-scheduler (root; starts the control plane)
+	hack/node-up.sh
+
+node-down: ## stop the node and restore the host (processes, mounts, network, cgroups, sysctls)
+	WIPE=$(or $(WIPE),0) hack/node-down.sh
+
+node-status: ## is the node live (Lease renewed) and Ready?
+	hack/node-status.sh
+
+image: ## build the Dockerfile with buildah (no engine) as localhost/chainop:dev; import it into a running node
+	hack/image-build.sh
 
 install: ## create .venv and install chainop with its dev dependencies
 	hack/install.sh

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stop the local control plane started by hack/cluster-up.sh: SIGTERM, then SIGKILL after
 # a grace period; controller-manager first, etcd last. Leaves no stray processes.
+# A node started by hack/node-up.sh is stopped (hack/node-down.sh) before anything else.
 #
 #   hack/cluster-down.sh          stop, keep state (.cluster/: pki, etcd data, logs)
 #   hack/cluster-down.sh --wipe   stop and delete .cluster/ entirely (WIPE=1 does the same)
@@ -47,6 +48,12 @@ stop() {  # stop <component> <pattern its cmdline must contain>
     rm -f "$f"
 }
 
+# A node (hack/node-up.sh) goes first: its pods are deleted through the apiserver, and it
+# restores the host (mounts, network, cgroups, sysctls) before the control plane stops.
+if [[ -f "$STATE/node/host-before.env" || -n "$(ls "$STATE/node/run/"*.pid 2>/dev/null)" ]]; then
+    log "a node is up: stopping it first (hack/node-down.sh)"
+    WIPE="$WIPE" "$REPO_ROOT/hack/node-down.sh" || log "WARNING: node-down reported problems (see above)"
+fi
 if [[ -d "$RUN" ]]; then
     stop kube-controller-manager kube-controller-manager
     stop kube-apiserver kube-apiserver

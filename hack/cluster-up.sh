@@ -2,6 +2,9 @@
 # Start a real, local Kubernetes control plane without Docker:
 # etcd + kube-apiserver + kube-controller-manager on 127.0.0.1. No kubelet: pods stay
 # Pending, everything else (CRDs, RBAC, tokens, GC, namespaces, Deployments) is real.
+# `hack/node-up.sh` adds a real node (kubelet + containerd + scheduler); the apiserver is
+# always started with what a node needs (kubelet client cert, InternalIP first, the
+# service IP in its serving cert), so a node can join without restarting it.
 #
 # Idempotent: if the cluster is already running (pid files + /readyz) it returns at once;
 # components that died are restarted. State under .cluster/ (pki, etcd data, logs,
@@ -98,7 +101,14 @@ EOF
 fi
 
 # ---------------------------------------------------------------- already up?
-if pid_alive etcd "$ETCD_BIN" && pid_alive kube-apiserver kube-apiserver \
+# An apiserver started by an older version of this script lacks the node flags (and maybe
+# the kubelet client cert): restart it once (etcd and the data stay; ~3 s).
+if pid_alive kube-apiserver kube-apiserver \
+    && ! tr '\0' ' ' <"/proc/$(cat "$RUN/kube-apiserver.pid")/cmdline" | grep -q -- '--kubelet-preferred-address-types'; then
+    log "the running kube-apiserver predates the node flags (--kubelet-*): restarting it"
+    restart_apiserver=1
+fi
+if [[ -z "${restart_apiserver:-}" ]] && pid_alive etcd "$ETCD_BIN" && pid_alive kube-apiserver kube-apiserver \
     && pid_alive kube-controller-manager kube-controller-manager \
     && [[ -f "$KUBECONFIG_OUT" ]] && [[ "$(api_get /readyz 2>/dev/null)" == ok ]]; then
     log "cluster already running at https://127.0.0.1:$APISERVER_PORT (KUBECONFIG=$KUBECONFIG_OUT)"
@@ -135,11 +145,20 @@ fi
 client_ext="basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=clientAuth"
+# Pods reach the apiserver at the first service IP (hack/node-up.sh DNATs it to 127.0.0.1):
+# a serving cert from an older .cluster/ without that SAN is regenerated.
+if [[ -f "$PKI/apiserver.crt" ]] && ! openssl x509 -in "$PKI/apiserver.crt" -noout -ext subjectAltName 2>/dev/null | grep -q "IP Address:$SERVICE_IP"; then
+    log "the apiserver serving certificate lacks IP:$SERVICE_IP: regenerating it"
+    rm -f "$PKI/apiserver.crt" "$PKI/apiserver.key"
+    restart_apiserver=1
+fi
 gen_cert apiserver "/CN=kube-apiserver" "basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
 subjectAltName=IP:127.0.0.1,IP:$SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 gen_cert admin "/O=system:masters/CN=chainop-admin" "$client_ext"
+# The apiserver's client cert towards kubelets (logs, exec, port-forward).
+gen_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$client_ext"
 gen_cert controller-manager "/CN=system:kube-controller-manager" "$client_ext"
 if [[ ! -f "$PKI/sa.key" ]]; then
     openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
@@ -186,6 +205,13 @@ wait_for etcd 30 curl -fsS -m 2 "http://127.0.0.1:$ETCD_PORT/health" \
     || { tail_log etcd; die "etcd did not become healthy"; }
 
 # ---------------------------------------------------------------- kube-apiserver
+if [[ -n "${restart_apiserver:-}" ]] && pid_alive kube-apiserver kube-apiserver; then
+    old_pid="$(cat "$RUN/kube-apiserver.pid")"
+    kill -TERM "$old_pid" 2>/dev/null || true
+    for _ in $(seq 100); do [[ -r "/proc/$old_pid/cmdline" ]] || break; sleep 0.1; done
+    [[ -r "/proc/$old_pid/cmdline" ]] && kill -KILL "$old_pid" 2>/dev/null || true
+    rm -f "$RUN/kube-apiserver.pid"
+fi
 if ! pid_alive kube-apiserver kube-apiserver; then
     port_busy "$APISERVER_PORT" && die "port $APISERVER_PORT is taken by another process (rm $STATE/cluster.env to pick new ports)"
     start kube-apiserver "$BIN/kube-apiserver" \
@@ -193,6 +219,9 @@ if ! pid_alive kube-apiserver kube-apiserver; then
         --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
         --cert-dir "$PKI" --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
         --client-ca-file "$PKI/ca.crt" \
+        --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
+        --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+        --kubelet-preferred-address-types InternalIP,Hostname \
         --service-account-issuer https://kubernetes.default.svc.cluster.local \
         --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
         --authorization-mode RBAC \
