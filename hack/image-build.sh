@@ -20,6 +20,7 @@ LOG_TAG=image
 # shellcheck source=hack/node-lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/node-lib.sh"
 IMAGE="${IMAGE:-$APP_IMAGE}"
+CONTEXT="${CONTEXT:-$REPO_ROOT}"   # the build context (another checkout, a copy)
 t0=$SECONDS
 
 (( EUID == 0 )) || cannot "not root (buildah here runs as root with a private storage)"
@@ -51,7 +52,7 @@ tb=$SECONDS
 "${B[@]}" build --layers --pull=false \
     --runtime "$(command -v runc)" --isolation oci --cgroup-manager cgroupfs --network host \
     --build-arg "PYTHON_IMAGE=$BASE_IMAGE" \
-    -t "$IMAGE" -f "$REPO_ROOT/Dockerfile" "$REPO_ROOT" 2>&1 \
+    -t "$IMAGE" -f "$CONTEXT/Dockerfile" "$CONTEXT" 2>&1 \
     | grep -vE '^(Copying (blob|config)|Writing manifest|Storing signatures)' | sed 's/^/    /' >&2
 (( PIPESTATUS[0] == 0 )) || die "buildah build failed"
 build_s=$((SECONDS - tb))
