@@ -375,6 +375,10 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
 maxPods: 110
+# The kubelet renews its Lease every leaseDuration/4. Its first attempt comes before the
+# Node is registered and fails ("Failed to get node when trying to set owner ref"), so
+# with the default 40 s the Lease appears only ~10 s after start; 20 s halves that.
+nodeLeaseDurationSeconds: 20
 containerLogMaxSize: 10Mi
 EOF
 if [[ -z "$pid_kubelet" ]]; then
