@@ -486,6 +486,8 @@ class Demo:
         FakeBackendControl(self.backends["anthropic"]).set(
             api_key=DEMO_KEYS["anthropic-key"], models=["claude-3-5-haiku-latest"]
         )
+        # The jobs gateway lists the model the batch chain asks of it (a List probe checks).
+        FakeBackendControl(self.backends["batch-gateway"]).set(models=["llama-3.1-70b-instruct"])
         for name, url, kind in started:
             self.note(f"{name:<14} {url:<24} {kind}")
         pid = self.supervisor.pid(self.ns, "vllm")

@@ -109,9 +109,9 @@ def test_401_fails_the_task_at_once(kit: Kit, operator, backends):
     kit.create_task("bad-key")
     status = kit.wait_task("bad-key")
     assert status["phase"] == "Failed"
-    assert outcomes(status) == [("primary", "PermanentError")]
+    assert outcomes(status) == [("primary", "AuthError")]
     succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
-    assert succeeded["reason"] == "PermanentError"
+    assert succeeded["reason"] == "AuthError"
     assert "HTTP 401" in succeeded["message"]
     assert secondary.stats()["requests"].get("openai", 0) == 0
 

@@ -27,7 +27,7 @@ def test_sigkill_while_jobs_in_flight_resumes_without_resubmitting(kit: Kit, ope
                 "name": "batch",
                 "type": "jobs",
                 "endpoint": jobs.url,
-                "model": "batch-model",
+                "model": "jobs-model",
                 "privacyTier": "Sovereign",
                 "timeoutSeconds": 30,
             }

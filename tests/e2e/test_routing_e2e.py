@@ -66,7 +66,7 @@ def test_six_routing_rules_end_in_status(kit: Kit, operator, backends):
         [
             # "local" is reserved, so the Sovereign provider has another name; the
             # routing word "local" means every Sovereign provider.
-            kit.provider("onprem-vllm", onprem.url, "Sovereign"),
+            kit.provider("onprem-vllm", onprem.url, "Sovereign", model="onprem-model"),
             kit.provider("private", private.url, "Private"),
             kit.provider("cloud", cloud.url, "Standard"),
         ],
