@@ -208,8 +208,10 @@ wait_for etcd 30 curl -fsS -m 2 "http://127.0.0.1:$ETCD_PORT/health" \
 if [[ -n "${restart_apiserver:-}" ]] && pid_alive kube-apiserver kube-apiserver; then
     old_pid="$(cat "$RUN/kube-apiserver.pid")"
     kill -TERM "$old_pid" 2>/dev/null || true
-    for _ in $(seq 100); do [[ -r "/proc/$old_pid/cmdline" ]] || break; sleep 0.1; done
-    [[ -r "/proc/$old_pid/cmdline" ]] && kill -KILL "$old_pid" 2>/dev/null || true
+    # Gone, or a zombie nobody reaped yet (it holds no port).
+    old_running() { [[ -r "/proc/$old_pid/stat" && "$(awk '{print $3}' "/proc/$old_pid/stat" 2>/dev/null)" != Z ]]; }
+    for _ in $(seq 100); do old_running || break; sleep 0.1; done
+    if old_running; then kill -KILL "$old_pid" 2>/dev/null || true; sleep 0.5; fi
     rm -f "$RUN/kube-apiserver.pid"
 fi
 if ! pid_alive kube-apiserver kube-apiserver; then
