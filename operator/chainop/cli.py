@@ -13,6 +13,21 @@ from collections.abc import Sequence
 import chainop
 
 
+def _peering_lifetime(value: str) -> int:
+    from chainop.operator.config import MIN_PEERING_LIFETIME
+
+    try:
+        seconds = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {value!r}") from None
+    if seconds < MIN_PEERING_LIFETIME:
+        raise argparse.ArgumentTypeError(
+            f"{seconds} < {MIN_PEERING_LIFETIME}: kopf renews a keep-alive 5-10 s before it "
+            "expires, so a shorter lifetime leaves a live replica looking dead"
+        )
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (kept separate so docs and tests can inspect it)."""
     parser = argparse.ArgumentParser(
@@ -48,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="peering priority (default with --peering: random, so exactly one replica acts)",
+    )
+    run.add_argument(
+        "--peering-lifetime",
+        type=_peering_lifetime,
+        default=os.environ.get("CHAINOP_PEERING_LIFETIME", "10"),
+        metavar="SECONDS",
+        help=(
+            "with --peering: how long a replica's keep-alive counts (kopf renews it 5-10 s "
+            "before; default 10, env CHAINOP_PEERING_LIFETIME): a killed active replica is "
+            "replaced within this"
+        ),
     )
     run.add_argument("--metrics-port", type=int, default=9090, help="port of /metrics; 0 disables")
     run.add_argument("--metrics-address", default="0.0.0.0", help="address of /metrics")
@@ -129,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         liveness_endpoint=args.liveness,
         peering=args.peering,
         priority=priority,
+        peering_lifetime=args.peering_lifetime,
         identity=identity,
         tick_seconds=args.tick,
         max_concurrent_tasks=args.max_concurrent_tasks,

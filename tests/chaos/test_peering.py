@@ -7,8 +7,9 @@ CRDs installed (the chart's ``crds/kopf-peerings.kopf.dev.yaml``) and the namesp
 * only one acts (kopf's log: the active one last said "Resuming operations"), and the
   other's
   ``/metrics`` show no task finished and no probe sent while paused;
-* kill the active one (SIGKILL): once its keep-alive expires (kopf's peering lifetime,
-  60 s), the other resumes and finishes tasks created after the kill.
+* kill the active one (SIGKILL): once its keep-alive expires (``--peering-lifetime``,
+  10 s by default; kopf's own default was 60 s), the other resumes and finishes tasks
+  created after the kill. How fast, at the worst moment: tests/chaos/test_takeover.py.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def acting(replica: ChaosOperator) -> bool:
     return log.rfind(RESUMED) > log.rfind(PAUSED)
 
 
-def install_peering(kubeconfig: Path, namespace: str) -> None:
+def install_peering(kubeconfig: Path, namespace: str, name: str = PEERING) -> None:
     if not PEERING_CRDS.is_file():
         pytest.skip(f"{PEERING_CRDS} missing (kopf's peering CRDs ship with the chart)")
     kubectl("apply", "--server-side", "-f", str(PEERING_CRDS), kubeconfig=kubeconfig)
@@ -58,7 +59,7 @@ def install_peering(kubeconfig: Path, namespace: str) -> None:
         namespace,
         "-f",
         "-",
-        input=f"apiVersion: kopf.dev/v1\nkind: KopfPeering\nmetadata:\n  name: {PEERING}\n",
+        input=f"apiVersion: kopf.dev/v1\nkind: KopfPeering\nmetadata:\n  name: {name}\n",
         kubeconfig=kubeconfig,
     )
 
@@ -107,7 +108,7 @@ def test_only_one_replica_acts_and_the_other_takes_over(
     after = [f"two-{i}" for i in range(10)]
     for name in after:
         kit.create_task(name, content=name, timeoutSeconds=300)
-    finish_all(kit, after, timeout=180)  # kopf's peer lifetime (60 s) must run out first
+    finish_all(kit, after, timeout=180)  # the dead peer's lifetime must run out first
     assert paused.metric_sum("chainop_tasks_total") == len(after)
     assert acting(paused)
     assert paused.runner is not None

@@ -65,9 +65,11 @@ NAMESPACED_ALLOWED: dict[tuple[str, str], dict[str, str]] = {
         "create": "Runtime.event -> KubeClient.post_event (kopf posting is disabled)",
     },
 }
-#: Only with replicaCount > 1 (kopf peering; kopf._core.engines.peering: touch/keepalive).
+#: Only with replicaCount > 1 (kopf peering; kopf._core.engines.peering: touch/keepalive),
+#: plus chainop's own read of the same object (operator/chainop/operator/leadership.py).
 PEERING_NAMESPACED: dict[tuple[str, str], dict[str, str]] = {
     ("kopf.dev", "kopfpeerings"): {
+        "get": "chainop Leadership.check -> KubeClient.read_peering (who runs the health loop)",
         "list": "kopf peering watch (namespaced operator)",
         "watch": "kopf peering watch (namespaced operator)",
         "patch": "kopf peering keep-alive: merge-patch of the peering object's status",
@@ -75,6 +77,7 @@ PEERING_NAMESPACED: dict[tuple[str, str], dict[str, str]] = {
 }
 PEERING_CLUSTER: dict[tuple[str, str], dict[str, str]] = {
     ("kopf.dev", "clusterkopfpeerings"): {
+        "get": "chainop Leadership.check -> KubeClient.read_peering (who runs the health loop)",
         "list": "kopf peering watch (cluster-wide operator)",
         "watch": "kopf peering watch (cluster-wide operator)",
         "patch": "kopf peering keep-alive: merge-patch of the peering object's status",
@@ -291,11 +294,30 @@ def test_operator_flags():
     assert "--all-namespaces" not in args
 
 
+def test_peering_lifetime_is_passed_to_the_operator():
+    _, objects = render(["replicaCount=2", "peering.lifetimeSeconds=12"])
+    args = deployment(objects)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--peering-lifetime=12" in args
+
+
+def test_peering_rbac_grants_what_chainop_reads_too():
+    """The bug of issue 13: kopf's list/watch/patch were granted, chainop's own ``get`` of
+    the peering object (Leadership.check) was not, so no replica ever became active."""
+    for shape, resource in (
+        ("replicas2", ("kopf.dev", "clusterkopfpeerings")),
+        ("namespaced-replicas2", ("kopf.dev", "kopfpeerings")),
+    ):
+        _, objects = render(SHAPES[shape][0])
+        assert rights(objects)[resource] == {"get", "list", "watch", "patch"}, shape
+
+
 def test_two_replicas_peer_through_kopf():
     _, objects = render(["replicaCount=2"])
     spec = deployment(objects)["spec"]
     assert spec["replicas"] == 2
-    assert "--peering=chainop" in spec["template"]["spec"]["containers"][0]["args"]
+    args = spec["template"]["spec"]["containers"][0]["args"]
+    assert "--peering=chainop" in args
+    assert "--peering-lifetime=10" in args  # not kopf's 60 s: takeover within ~11 s
     (peering,) = of_kind(objects, "ClusterKopfPeering")
     assert peering["metadata"]["name"] == "chainop"
 
@@ -334,6 +356,7 @@ def test_optional_objects_are_off_by_default_and_render_when_on():
         (["rbac.namespaced=true", "watchNamespaces={team-*}"], "not globs"),
         (["replicaCount=2", "watchNamespaces={team-*}"], "cannot create for globs"),
         (["operator.logFormat=xml"], "logFormat"),
+        (["peering.lifetimeSeconds=5"], "lifetimeSeconds"),
         (["unknownValue=1"], "unknownValue"),
     ],
 )

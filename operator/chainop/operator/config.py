@@ -6,6 +6,11 @@ from dataclasses import dataclass
 
 from chainop.providers.http import TransportName
 
+#: The shortest kopf peering lifetime allowed. kopf renews a keep-alive after
+#: ``max(1, lifetime - randint(5, 10))`` seconds, so from 6 s up a renewal always lands at
+#: least 5 s before the record expires (kopf's own margin); below, that margin shrinks.
+MIN_PEERING_LIFETIME = 6
+
 
 @dataclass(frozen=True, slots=True)
 class OperatorConfig:
@@ -22,6 +27,10 @@ class OperatorConfig:
     peering: str | None = None
     #: kopf peering priority: the live replica with the highest one is active.
     priority: int = 0
+    #: kopf peering lifetime (seconds): how long a replica's keep-alive counts as alive.
+    #: A SIGKILLed active replica is replaced this long after its last renewal at worst
+    #: (kopf's own default is 60 s; docs/reliability.md has the arithmetic).
+    peering_lifetime: int = 10
     #: This replica's peering identity (what kopf writes into the peering object).
     identity: str = ""
     #: Cadence of the health loop (probes due, self-healing, status flushes).

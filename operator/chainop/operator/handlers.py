@@ -61,12 +61,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     if config.peering:
         settings.peering.name = config.peering
         settings.peering.mandatory = True
+        settings.peering.lifetime = config.peering_lifetime
     metrics = Metrics()
     if config.metrics_port is not None:
         metrics.serve(config.metrics_port, address=config.metrics_address)
     kube = KubeClient(load_api_client())
     clients = ProviderClients(transport=config.transport)
     runtime = Runtime(config=config, kube=kube, clients=clients, metrics=metrics)
+    runtime.leadership.export_metrics(metrics.registry)
     memo["runtime"] = runtime
     memo["tasks"] = TaskRunner(runtime)
     runtime.spawn(runtime.run(), name="health-loop")
@@ -76,6 +78,17 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         config.metrics_port,
         config.transport,
     )
+
+
+@kopf.on.probe(id="leadership")
+async def leadership_probe(memo: kopf.Memo, **_: Any) -> dict[str, Any] | None:
+    """``/healthz`` shows whether this replica acts and what keeps it from it (a 403...).
+
+    Informational only: /healthz stays 200, because restarting the pod (liveness) cannot
+    grant a missing RBAC verb, and an unready pod would drop out of the metrics Service.
+    """
+    runtime: Runtime | None = memo.get("runtime")
+    return runtime.leadership.report() if runtime is not None else None
 
 
 @kopf.on.cleanup()
