@@ -1,0 +1,407 @@
+"""We test these aspects: what a real model server (llama.cpp's llama-server) does.
+
+Against the real ``llama-server`` serving SmolLM2-135M with a 256-token context
+(``hack/llama-build.sh`` builds and caches it; without it every test here is *skipped*
+with the reason, never passed), through :class:`chainop.testing.llama.LlamaServer`:
+
+- while the model loads, ``GET /health`` answers 503 ``{"error": {"message": "Loading
+  model", "type": "unavailable_error", "code": 503}}`` (polled every 5 ms from the spawn;
+  when loading is too quick to catch, the first answer is at least 503 or 200), then 200
+  ``{"status": "ok"}``;
+- ``GET /v1/models`` lists the model under its ``--alias`` in the OpenAI shape
+  (``object: list``, ``data[].id``) plus llama.cpp's own ``models`` array;
+- a chat completion with ``max_tokens: 16`` answers with text and real ``usage`` token
+  counts (completion tokens 1..16, total = prompt + completion);
+- a prompt longer than the context gets HTTP 400 whose body's ``error.type`` is
+  ``exceed_context_size_error`` (with ``n_prompt_tokens`` and ``n_ctx``); a ``max_tokens``
+  beyond the context is not refused: generation ends when the context is full with
+  ``finish_reason: length``, as for ``max_tokens`` (only ``usage`` tells them apart);
+- ``--metrics`` serves Prometheus text at ``/metrics`` that prometheus_client parses, with
+  ``llamacpp:`` families whose token counters grow by a completion's tokens;
+- any model name in a request is answered (200, the reply names the served model), so a
+  drifted model cannot be seen in replies: only in the listing;
+- SIGSTOP (a hung engine; ``freeze()`` returns once every thread is stopped): the socket
+  still accepts connections but ``/health`` and a completion time out; SIGCONT: it
+  answers again;
+- idle, one SIGTERM stops it at once; with a non-streaming request in flight one SIGTERM
+  does not (it waits for that client to give up, then exits within a second), and
+  ``LlamaServer.stop()`` (a second SIGTERM, then SIGKILL) does; streaming, one SIGTERM is
+  a race, ``stop()`` always works.
+
+Every reply is recorded in the test's output (``-s``) and, when ``CHAINOP_LLAMA_RECORD``
+names a file, written there as JSON (docs/llama-server.md quotes such a record).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from chainop.testing import llama
+from chainop.testing.llama import LlamaServer, Reply
+
+_MISSING = llama.missing_reason()
+pytestmark = pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")
+
+CHAT = "/v1/chat/completions"
+_RECORD: dict[str, Any] = {}
+
+
+def record(key: str, value: Any) -> None:
+    """Keep an observation for the record (printed, and written at module teardown)."""
+    _RECORD[key] = value
+    print(f"\n[record] {key}: {json.dumps(value, indent=2, ensure_ascii=False)}")
+
+
+def reply_record(reply: Reply) -> dict[str, Any]:
+    body: Any
+    try:
+        body = reply.json()
+    except ValueError:
+        body = reply.text
+    return {
+        "status": reply.status,
+        "content_type": reply.headers.get("Content-Type"),
+        "seconds": round(reply.seconds, 4),
+        "body": body,
+        **({"error": reply.error} if reply.error else {}),
+    }
+
+
+def chat(content: str, *, model: str = llama.DEFAULT_ALIAS, max_tokens: int = 16) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+    }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _write_record() -> Iterator[None]:
+    yield
+    target = os.environ.get("CHAINOP_LLAMA_RECORD")
+    if target and _RECORD:
+        Path(target).write_text(json.dumps(_RECORD, indent=2, ensure_ascii=False) + "\n")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    """One ready server for the tests that neither freeze nor stop it."""
+    log = tmp_path_factory.mktemp("llama") / "llama-server.log"
+    with LlamaServer(log_path=log) as srv:
+        srv.wait_ready(timeout=60)
+        yield srv
+
+
+def test_health_is_503_loading_model_while_loading_then_200(tmp_path: Path) -> None:
+    srv = LlamaServer(log_path=tmp_path / "llama-server.log")
+    with srv:
+        history = srv.wait_ready(timeout=60, poll=0.005)
+        ready = srv.request("GET", "/health")
+    seen = [
+        {"elapsed": round(h.elapsed, 4), "status": h.status, "body": h.body, "polls": h.count}
+        for h in history
+    ]
+    record("health_during_start", seen)
+    record("health_ready", reply_record(ready))
+    assert ready.status == 200
+    assert ready.json() == {"status": "ok"}
+    assert history[-1].status == 200
+    answered = [h for h in history if h.status is not None]
+    assert answered[0].status in (503, 200), "the first answer is Loading model or ready"
+    loading = [h for h in answered if h.status == 503]
+    for h in loading:
+        assert json.loads(h.body) == {
+            "error": {"message": "Loading model", "type": "unavailable_error", "code": 503}
+        }
+    assert all(h.status in (None, 503) for h in history[:-1]), seen
+    record("load_seconds", round(history[-1].elapsed, 3))
+    record("saw_503_loading_model", bool(loading))
+
+
+def test_models_listing_has_the_alias_in_openai_shape(server: LlamaServer) -> None:
+    reply = server.request("GET", "/v1/models")
+    record("v1_models", reply_record(reply))
+    assert reply.status == 200
+    body = reply.json()
+    assert body["object"] == "list"
+    assert [m["id"] for m in body["data"]] == [llama.DEFAULT_ALIAS]
+    entry = body["data"][0]
+    assert entry["object"] == "model"
+    assert entry["owned_by"] == "llamacpp"
+    assert entry["meta"]["n_ctx_train"] > 0  # llama.cpp's own facts about the model
+    # llama.cpp also lists the model in its own (Ollama-like) "models" array
+    assert [m["model"] for m in body["models"]] == [llama.DEFAULT_ALIAS]
+    plain = server.request("GET", "/models")  # the path without /v1 answers the same
+    assert plain.status == 200
+    assert plain.json()["data"][0]["id"] == llama.DEFAULT_ALIAS
+
+
+def test_chat_completion_answers_text_with_real_token_counts(server: LlamaServer) -> None:
+    reply = server.request("POST", CHAT, chat("Say hello in five words."), timeout=60)
+    record("chat_completion_16", reply_record(reply))
+    assert reply.status == 200
+    body = reply.json()
+    assert body["object"] == "chat.completion"
+    choice = body["choices"][0]
+    assert choice["message"]["role"] == "assistant"
+    assert isinstance(choice["message"]["content"], str)
+    assert choice["message"]["content"].strip()
+    assert choice["finish_reason"] in ("stop", "length")
+    usage = body["usage"]
+    assert usage["prompt_tokens"] > 0
+    assert 1 <= usage["completion_tokens"] <= 16
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    if usage["completion_tokens"] == 16:
+        assert choice["finish_reason"] == "length"
+    timings = body["timings"]  # llama.cpp's own measurements
+    record(
+        "chat_completion_16_timing",
+        {
+            "latency_seconds": round(reply.seconds, 4),
+            "completion_tokens": usage["completion_tokens"],
+            "predicted_per_second": timings["predicted_per_second"],
+            "prompt_per_second": timings["prompt_per_second"],
+        },
+    )
+    # greedy sampling (--temp 0) and a fixed seed: the same request, the same answer
+    again = server.request("POST", CHAT, chat("Say hello in five words."), timeout=60)
+    assert again.json()["choices"][0]["message"]["content"] == choice["message"]["content"]
+
+
+def test_prompt_longer_than_the_context_is_400_exceed_context_size(server: LlamaServer) -> None:
+    prompt = "Summarize this text. " + "The quick brown fox jumps over the lazy dog. " * 40
+    reply = server.request("POST", CHAT, chat(prompt), timeout=60)
+    record("context_overflow", reply_record(reply))
+    assert reply.status == 400
+    assert reply.headers.get("Content-Type", "").startswith("application/json")
+    error = reply.json()["error"]
+    assert error["type"] == "exceed_context_size_error"
+    assert error["code"] == 400
+    assert error["n_ctx"] == llama.DEFAULT_CTX_SIZE
+    assert error["n_prompt_tokens"] > error["n_ctx"]
+    assert "context" in error["message"]
+
+
+def test_context_running_out_ends_with_finish_reason_length(server: LlamaServer) -> None:
+    # max_tokens far beyond the context is not refused: generation stops when the context
+    # is full, with the same finish_reason as for max_tokens ("length"); only the usage
+    # (prompt + completion = n_ctx, completion < max_tokens) tells the two apart.
+    body = {"model": llama.DEFAULT_ALIAS, "prompt": "1, 2, 3, 4,", "max_tokens": 1000}
+    reply = server.request("POST", "/v1/completions", body, timeout=120)
+    record("context_exhausted", reply_record(reply))
+    assert reply.status == 200
+    result = reply.json()
+    assert result["choices"][0]["finish_reason"] == "length"
+    usage = result["usage"]
+    assert usage["completion_tokens"] < 1000
+    assert usage["total_tokens"] == llama.DEFAULT_CTX_SIZE
+
+
+def test_metrics_are_prometheus_text_with_llamacpp_families(server: LlamaServer) -> None:
+    before = _counters(server)
+    reply = server.request("POST", CHAT, chat("Count to three."), timeout=60)
+    assert reply.status == 200
+    completion_tokens = reply.json()["usage"]["completion_tokens"]
+    metrics = server.request("GET", "/metrics")
+    record(
+        "metrics",
+        {
+            "status": metrics.status,
+            "content_type": metrics.headers.get("Content-Type"),
+            "body": metrics.text,
+        },
+    )
+    assert metrics.status == 200
+    assert metrics.headers.get("Content-Type", "").startswith("text/plain")
+    families = list(text_string_to_metric_families(metrics.text))
+    names = sorted(f.name for f in families)
+    assert names
+    assert all(n.startswith("llamacpp:") for n in names), names
+    after = _counters(server)
+    predicted = "llamacpp:tokens_predicted_total"
+    assert after[predicted] - before[predicted] == completion_tokens
+    assert after["llamacpp:prompt_tokens_total"] > before["llamacpp:prompt_tokens_total"]
+
+
+def _counters(server: LlamaServer) -> dict[str, float]:
+    """Every sample of ``/metrics`` by name (counters keep their ``_total`` suffix)."""
+    text = server.request("GET", "/metrics").text
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def test_any_model_name_is_answered(server: LlamaServer) -> None:
+    reply = server.request("POST", CHAT, chat("Hi", model="gpt-4o-not-served-here"), timeout=60)
+    record("unknown_model_name", reply_record(reply))
+    assert reply.status == 200
+    assert reply.json()["choices"][0]["message"]["content"] is not None
+    assert reply.json()["model"] == llama.DEFAULT_ALIAS  # named after what it serves
+
+
+def test_sigstop_accepts_connections_but_answers_nothing_until_sigcont(tmp_path: Path) -> None:
+    with LlamaServer(log_path=tmp_path / "llama-server.log") as srv:
+        srv.wait_ready(timeout=60)
+        srv.freeze()
+        try:
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=1.0):
+                pass  # the kernel completes the handshake: the listening socket is there
+            health = srv.request("GET", "/health", timeout=2.0)
+            completion = srv.request("POST", CHAT, chat("Hi"), timeout=3.0)
+        finally:
+            srv.thaw()
+        record("frozen_health", reply_record(health))
+        record("frozen_completion", reply_record(completion))
+        assert health.status == 0
+        assert health.error is not None
+        assert "timed out" in health.error
+        assert completion.status == 0
+        assert completion.error is not None
+        assert "timed out" in completion.error
+        started = time.monotonic()
+        thawed = srv.request("GET", "/health", timeout=5.0)
+        assert thawed.status == 200
+        answer = srv.request("POST", CHAT, chat("Hi"), timeout=30.0)
+        assert answer.status == 200
+        record("thawed_seconds_to_answer", round(time.monotonic() - started, 3))
+
+
+def test_one_sigterm_stops_an_idle_server(tmp_path: Path) -> None:
+    with LlamaServer(log_path=tmp_path / "llama-server.log") as srv:
+        srv.wait_ready(timeout=60)
+        started = time.monotonic()
+        srv.send_signal(signal.SIGTERM)
+        deadline = started + 5
+        while srv.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        record(
+            "idle_sigterm",
+            {
+                "exited": not srv.running,
+                "returncode": srv.returncode,
+                "seconds": round(time.monotonic() - started, 3),
+            },
+        )
+        assert not srv.running
+
+
+LONG_COMPLETION = {"prompt": "1, 2, 3, 4,", "max_tokens": 1000}  # fills the context: 2-10 s
+
+
+def _start_in_flight(
+    srv: LlamaServer, *, stream: bool, timeout: float
+) -> tuple[threading.Thread, dict[str, Any]]:
+    """Send a long completion from a thread; return once the server is working on it."""
+    outcome: dict[str, Any] = {}
+    streamed = threading.Event()
+
+    def send() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=timeout)
+        body = json.dumps({**LONG_COMPLETION, "stream": stream})
+        try:
+            conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            outcome["status"] = response.status
+            if stream:
+                outcome["first"] = response.readline().decode()
+                streamed.set()
+            outcome["rest"] = response.read().decode(errors="replace")[-300:]
+        except Exception as exc:
+            outcome["error"] = repr(exc)
+        finally:
+            outcome["ended"] = time.monotonic()
+            streamed.set()
+            conn.close()
+
+    client = threading.Thread(target=send, daemon=True)
+    client.start()
+    if stream:
+        assert streamed.wait(30), "no streamed chunk"
+        assert outcome.get("status") == 200, outcome
+    else:
+        _wait_processing(srv)
+    return client, outcome
+
+
+def _wait_processing(srv: LlamaServer, timeout: float = 30.0) -> None:
+    """Wait until the server reports a request in progress (``requests_processing`` 1)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _counters(srv).get("llamacpp:requests_processing") == 1:
+            return
+        time.sleep(0.02)
+    raise AssertionError("no request in progress")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["non-streaming", "streaming"])
+def test_a_request_in_flight_survives_one_sigterm_but_not_stop(
+    tmp_path: Path, stream: bool
+) -> None:
+    with LlamaServer(log_path=tmp_path / "llama-server.log") as srv:
+        srv.wait_ready(timeout=60)
+        client, outcome = _start_in_flight(srv, stream=stream, timeout=60)
+        srv.send_signal(signal.SIGTERM)
+        time.sleep(3.0)
+        still_running = srv.running
+        report = srv.stop(grace=2.0)
+        client.join(10)
+        outcome.pop("ended", None)
+        record(
+            f"sigterm_in_flight_{'streaming' if stream else 'non_streaming'}",
+            {
+                "running_3s_after_one_sigterm": still_running,
+                "stop": {
+                    "returncode": report.returncode,
+                    "sigterms": report.sigterms,
+                    "killed": report.killed,
+                    "seconds": round(report.seconds, 3),
+                },
+                "client": outcome,
+                "log_tail": srv.log_tail(3),
+            },
+        )
+        if not stream:
+            # the handler waits for a result the stopped task loop never sends, as long as
+            # the client waits: one SIGTERM is not enough
+            assert still_running, "one SIGTERM stopped a server with a request in flight"
+            assert "rest" not in outcome, "answered in full: the request was not in flight"
+        # streaming: a race: about half the time the shutdown breaks the stream and one
+        # SIGTERM is enough (measured 5 of 10), else it hangs as above. stop() always works:
+        assert not srv.running
+        assert report.seconds < 2 * 2.0 + 1
+
+
+def test_after_one_sigterm_it_exits_once_the_waiting_client_gives_up(tmp_path: Path) -> None:
+    with LlamaServer(log_path=tmp_path / "llama-server.log") as srv:
+        srv.wait_ready(timeout=60)
+        client, outcome = _start_in_flight(srv, stream=False, timeout=4.0)
+        srv.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        client.join(10)
+        while srv.running and time.monotonic() - signalled < 15:
+            time.sleep(0.02)
+        exited = time.monotonic()
+        record(
+            "sigterm_then_client_timeout",
+            {
+                "client_error": outcome.get("error"),
+                "client_gave_up_after_sigterm_s": round(outcome["ended"] - signalled, 3),
+                "server_exited_after_sigterm_s": round(exited - signalled, 3),
+                "returncode": srv.returncode,
+            },
+        )
+        assert "timed out" in outcome.get("error", "")
+        assert not srv.running
+        # the handler polls its connection every second (HTTP_POLLING_SECONDS)
+        assert exited - outcome["ended"] < 2.0
+        assert srv.returncode == 0
