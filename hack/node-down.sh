@@ -70,11 +70,11 @@ if [[ -n "$kubelet_pid" ]] && api_up; then
     kubectl_ cordon "$NODE_NAME" >/dev/null 2>&1 || true
     pods="$(kubectl_ get pods -A --field-selector "spec.nodeName=$NODE_NAME" -o name 2>/dev/null | wc -l)"
     if (( pods > 0 )); then
-        log "deleting $pods pod(s) on $NODE_NAME while the kubelet runs (grace 5 s)"
+        log "deleting $pods pod(s) on $NODE_NAME while the kubelet runs (grace 2 s)"
         kubectl_ get pods -A --field-selector "spec.nodeName=$NODE_NAME" \
             -o jsonpath='{range .items[*]}{.metadata.namespace}{" "}{.metadata.name}{"\n"}{end}' 2>/dev/null \
             | while read -r ns name; do
-                kubectl_ delete pod -n "$ns" "$name" --grace-period=5 --wait=false >/dev/null 2>&1 || true
+                kubectl_ delete pod -n "$ns" "$name" --grace-period=2 --wait=false >/dev/null 2>&1 || true
             done
         deadline=$((SECONDS + 40))
         while (( SECONDS < deadline )); do
@@ -244,7 +244,7 @@ fi
 # images (containerd/root), certs and logs stay for the next node-up.
 if [[ -z "$(our_mounts)" ]]; then
     rm -rf --one-file-system "$KUBELET_DIR" "$CTRD_DIR/state" "$CTRD_DIR/opt" "$POD_LOGS" \
-        "$NODE_DIR/cni" "$NODE_RUN" "$NODE_DIR/ports.env"
+        "$NODE_DIR/cni" "$NODE_RUN" "$NODE_DIR/ports.env" "$CTRD_SOCK" "$CTRD_SOCK.ttrpc"
     if [[ "${WIPE:-0}" == 1 ]]; then rm -rf --one-file-system "$NODE_DIR"; log "wiped $NODE_DIR"; fi
     (( warnings == 0 )) && rm -f "$BEFORE"
 fi

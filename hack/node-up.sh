@@ -46,6 +46,8 @@ pid_ctrd="$(pid_of containerd "containerd --config $CTRD_DIR" || true)"
 pid_sched="$(pid_of kube-scheduler "$BIN/kube-scheduler" || true)"
 # Another kubelet (not ours) on this host would fight over /var/lib/kubelet, cgroups, ports.
 for other in $(pgrep -x kubelet || true); do
+    # (a zombie - exited, not yet reaped by whoever inherited it - is no kubelet)
+    [[ "$(awk '{print $3}' "/proc/$other/stat" 2>/dev/null)" == Z ]] && continue
     [[ "$other" == "$pid_kubelet" ]] || cannot "another kubelet is already running on this host (pid $other: $(tr '\0' ' ' <"/proc/$other/cmdline" | cut -c1-120))"
 done
 if ip -o link show "$BRIDGE" >/dev/null 2>&1 && [[ ! -f "$NODE_DIR/host-before.env" ]]; then

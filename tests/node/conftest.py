@@ -209,7 +209,7 @@ def node_start() -> NodeStart:
     if _start is None:  # e.g. a single test selected by node id
         _start = start_node()
     if _start.returncode == 2:
-        pytest.skip(f"node cannot run here: {_start.reason}")
+        pytest.skip(_start.reason)  # "node-up: cannot run a node here: <why>"
     if _start.returncode != 0:
         pytest.fail(
             f"hack/node-up.sh failed ({_start.returncode}):\n{_start.output[-4000:]}",
