@@ -29,6 +29,9 @@ command -v buildah >/dev/null && command -v mmdebstrap >/dev/null \
     || { rc=$?; (( rc == 2 )) && exit 2; die "installing buildah/mmdebstrap failed"; }
 "$REPO_ROOT/hack/image-base.sh" pause base
 
+# buildah keeps a blob-info cache in /var/lib/containers/cache whatever --root says:
+# remove it afterwards unless it was there before.
+if [[ ! -e /var/lib/containers ]]; then trap 'rm -rf /var/lib/containers' EXIT; fi
 B=(buildah --root "$CACHE/buildah/root" --runroot "$CACHE/buildah/runroot" --storage-driver overlay)
 mkdir -p "$CACHE/buildah"
 
@@ -57,15 +60,26 @@ tb=$SECONDS
 (( PIPESTATUS[0] == 0 )) || die "buildah build failed"
 build_s=$((SECONDS - tb))
 
-# Save it where node-up finds it, and into a running node's containerd.
+# Save it where node-up finds it, and into a running node's containerd (both skipped when
+# the build produced the same image as last time).
 te=$SECONDS
-rm -f "$IMAGES/app.tar.tmp"
-"${B[@]}" push --quiet "$IMAGE" "docker-archive:$IMAGES/app.tar.tmp:$IMAGE" >/dev/null
-mv -f "$IMAGES/app.tar.tmp" "$IMAGES/app.tar"
+id="$("${B[@]}" inspect --type image --format '{{.FromImageID}}' "$IMAGE" 2>/dev/null || true)"
+[[ -n "$id" ]] || id="$("${B[@]}" images --noheading --no-trunc --format '{{.ID}}' "$IMAGE" | head -1)"
+if [[ -f "$IMAGES/app.tar" && "$(cat "$IMAGES/app.id" 2>/dev/null)" == "$id $IMAGE" ]]; then
+    log "unchanged image ($id): $IMAGES/app.tar kept"
+else
+    rm -f "$IMAGES/app.tar.tmp"
+    "${B[@]}" push --quiet "$IMAGE" "docker-archive:$IMAGES/app.tar.tmp:$IMAGE" >/dev/null
+    mv -f "$IMAGES/app.tar.tmp" "$IMAGES/app.tar"
+    echo "$id $IMAGE" >"$IMAGES/app.id"
+fi
 flock -u 8
 save_s=$((SECONDS - te))
 import_s=-
-if ctr --address "$CTRD_SOCK" version >/dev/null 2>&1; then
+if [[ "$(cat "$CTRD_DIR/imported-${IMAGE//[\/:]/_}" 2>/dev/null)" == "$(stat -c '%s %Y' "$IMAGES/app.tar")" ]] \
+    && ctr_ images ls -q 2>/dev/null | grep -qxF "$IMAGE"; then
+    log "$IMAGE already in the node's containerd"
+elif ctr --address "$CTRD_SOCK" version >/dev/null 2>&1; then
     ti=$SECONDS
     ctr_ images import "$IMAGES/app.tar" >/dev/null
     stat -c '%s %Y' "$IMAGES/app.tar" >"$CTRD_DIR/imported-${IMAGE//[\/:]/_}"
