@@ -370,6 +370,16 @@ def test_a_success_between_failures_resets_the_evidence() -> None:
     assert not health.unhealthy
 
 
+def test_passing_listing_probes_do_not_erase_the_evidence() -> None:
+    health = _fail(_fail(ProviderHealth(name="p"), 1000), 1001)
+    health = health_rules.record_probe(health, now=1002, ok=True, unhealthy_threshold=3)
+    assert _fail(health, 1003).wedged
+    generated = health_rules.record_probe(
+        health, now=1002, ok=True, unhealthy_threshold=3, generated=True
+    )
+    assert not _fail(generated, 1003).unhealthy
+
+
 def test_no_wedge_while_our_restart_is_under_way() -> None:
     health = ProviderHealth(name="p")
     for t in range(5):

@@ -257,7 +257,8 @@ def record_probe(
             unhealthy=keep_wedge,
             reason=health.reason if keep_wedge else "",
             served=() if cleared_drift else health.served,
-            request_failures=health.request_failures if keep_wedge else (),
+            # Evidence from real calls outlives a listing: only generating disproves it.
+            request_failures=() if generated else health.request_failures,
             slow=slow_ms is not None and latency_ms is not None and latency_ms > slow_ms,
             last_probe_time=now,
             last_probe_latency_ms=latency_ms,
