@@ -51,3 +51,13 @@ def test_chainop_crds_prints_the_crds(capsys):
 def test_chainop_version(capsys):
     assert cli.main(["version"]) == 0
     assert capsys.readouterr().out.strip() == f"chainop {chainop.__version__}"
+
+
+def test_error_table_is_generated_from_the_corpus():
+    """docs/errors.md is what ``python -m tests.corpus.table`` makes of the corpus today."""
+    from tests.corpus import load_replies, table
+
+    written = (ROOT / "docs" / "errors.md").read_text()
+    assert written == table.render(load_replies()), (
+        "docs/errors.md is stale: run `python -m tests.corpus.table --write docs/errors.md`"
+    )
