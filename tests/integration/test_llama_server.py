@@ -22,7 +22,7 @@ with the reason, never passed), through :class:`chainop.testing.llama.LlamaServe
   drifted model cannot be seen in replies: only in the listing;
 - SIGSTOP (a hung engine; ``freeze()`` returns once every thread is stopped): the socket
   still accepts connections but ``/health`` and a completion time out; SIGCONT: it
-  answers again;
+  answers again; a SIGTERM sent while frozen is acted on only after SIGCONT;
 - idle, one SIGTERM stops it at once; with a non-streaming request in flight one SIGTERM
   does not (it waits for that client to give up, then exits within a second), and
   ``LlamaServer.stop()`` (a second SIGTERM, then SIGKILL) does; streaming, one SIGTERM is
@@ -274,6 +274,30 @@ def test_sigstop_accepts_connections_but_answers_nothing_until_sigcont(tmp_path:
         answer = srv.request("POST", CHAT, chat("Hi"), timeout=30.0)
         assert answer.status == 200
         record("thawed_seconds_to_answer", round(time.monotonic() - started, 3))
+
+
+def test_a_frozen_server_acts_on_sigterm_only_after_sigcont(tmp_path: Path) -> None:
+    with LlamaServer(log_path=tmp_path / "llama-server.log") as srv:
+        srv.wait_ready(timeout=60)
+        srv.freeze()
+        srv.send_signal(signal.SIGTERM)  # stays pending while the process is stopped
+        time.sleep(1.0)
+        frozen_running = srv.running
+        srv.send_signal(signal.SIGCONT)
+        resumed = time.monotonic()
+        while srv.running and time.monotonic() - resumed < 5:
+            time.sleep(0.01)
+        record(
+            "frozen_sigterm",
+            {
+                "running_1s_after_sigterm_while_frozen": frozen_running,
+                "exited_after_sigcont_s": round(time.monotonic() - resumed, 3),
+                "returncode": srv.returncode,
+            },
+        )
+        assert frozen_running
+        assert not srv.running
+        assert srv.returncode == 0
 
 
 def test_one_sigterm_stops_an_idle_server(tmp_path: Path) -> None:
