@@ -114,10 +114,12 @@ if ctr --address "$CTRD_SOCK" version >/dev/null 2>&1; then
         fi
     done
 fi
-kubepods_procs() {
+kubepods_procs() {  # processes in the kubepods cgroups we created (not pre-existing ones)
     local h
-    for h in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods /sys/fs/cgroup/kubepods.slice; do
-        [[ -d "$h" ]] && find "$h" -name cgroup.procs -exec cat {} + 2>/dev/null
+    for h in /sys/fs/cgroup/ /sys/fs/cgroup/*/; do
+        [[ -d "${h}kubepods" ]] || continue
+        [[ " ${KUBEPODS_EXISTED:-} " == *" $(basename "$h") "* ]] && continue
+        find "${h}kubepods" -name cgroup.procs -exec cat {} + 2>/dev/null
     done | sort -un
 }
 procs="$(kubepods_procs | tr '\n' ' ')"
@@ -196,7 +198,7 @@ remove_kube_chains ip6tables "${CHAINS_ip6tables:-}"
 
 # ---------------------------------------------------------------- 6. cgroups
 removed_cg=()
-for h in /sys/fs/cgroup/*/; do
+for h in /sys/fs/cgroup/ /sys/fs/cgroup/*/; do   # v2 root (basename "cgroup") + every v1 hierarchy
     hier="$(basename "$h")"
     [[ -d "${h}kubepods" ]] || continue
     [[ " ${KUBEPODS_EXISTED:-} " == *" $hier "* ]] && continue

@@ -47,7 +47,9 @@ pid_sched="$(pid_of kube-scheduler "$BIN/kube-scheduler" || true)"
 # Another kubelet (not ours) on this host would fight over /var/lib/kubelet, cgroups, ports.
 for other in $(pgrep -x kubelet || true); do
     # (a zombie - exited, not yet reaped by whoever inherited it - is no kubelet)
-    [[ "$(awk '{print $3}' "/proc/$other/stat" 2>/dev/null)" == Z ]] && continue
+    # (or one that is gone by now: it may be reaped between pgrep and this line)
+    st="$(awk '{print $3}' "/proc/$other/stat" 2>/dev/null || true)"
+    [[ -z "$st" || "$st" == Z ]] && continue
     [[ "$other" == "$pid_kubelet" ]] || cannot "another kubelet is already running on this host (pid $other: $(tr '\0' ' ' <"/proc/$other/cmdline" | cut -c1-120))"
 done
 if ip -o link show "$BRIDGE" >/dev/null 2>&1 && [[ ! -f "$NODE_DIR/host-before.env" ]]; then
@@ -178,7 +180,8 @@ if [[ ! -f "$NODE_DIR/host-before.env" ]]; then
             echo "CHAINS_$ipt=\"$(for t in filter nat mangle; do $ipt -t "$t" -S 2>/dev/null | sed -n "s/^-N \(KUBE-.*\)/$t:\1/p"; done | tr '\n' ' ')\""
         done
         echo "VETHS_BEFORE=\"$(ip -o link show type veth 2>/dev/null | awk -F': ' '{split($2, n, "@"); print n[1]}' | tr '\n' ' ')\""
-        echo "KUBEPODS_EXISTED=\"$(for h in /sys/fs/cgroup/*/; do [[ -d "${h}kubepods" ]] && basename "$h"; done | tr '\n' ' ')\""
+        # v1: one hierarchy per controller; v2 (or hybrid's unified): the root itself
+        echo "KUBEPODS_EXISTED=\"$(for h in /sys/fs/cgroup/ /sys/fs/cgroup/*/; do [[ -d "${h}kubepods" ]] && basename "$h"; done | tr '\n' ' ')\""
     } >"$NODE_DIR/host-before.env.tmp"
     mv -f "$NODE_DIR/host-before.env.tmp" "$NODE_DIR/host-before.env"
     log "recorded the host's state in ${NODE_DIR#"$REPO_ROOT"/}/host-before.env"

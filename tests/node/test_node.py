@@ -209,11 +209,8 @@ def _host_checks(node: Node, before: dict[str, str]) -> list[tuple[str, bool, st
     checks.append((what, not mounts, " ".join(mounts)))
 
     pre_cg = before.get("KUBEPODS_EXISTED", "").split()
-    cgs = [
-        str(h / "kubepods")
-        for h in Path("/sys/fs/cgroup").iterdir()
-        if (h / "kubepods").is_dir() and h.name not in pre_cg
-    ]
+    roots = [Path("/sys/fs/cgroup"), *Path("/sys/fs/cgroup").iterdir()]  # v2 root, v1 hierarchies
+    cgs = [str(h / "kubepods") for h in roots if (h / "kubepods").is_dir() and h.name not in pre_cg]
     checks.append(("no kubepods cgroup in any hierarchy", not cgs, " ".join(cgs)))
 
     bridge = subprocess.run(["ip", "-o", "link", "show", BRIDGE], capture_output=True, check=False)
