@@ -17,6 +17,7 @@
 # Takes <cache>/build.lock while building (one heavy build at a time on 2 cores).
 set -euo pipefail
 LOG_TAG=image
+CANNOT_WHAT="build the image"
 # shellcheck source=hack/node-lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/node-lib.sh"
 IMAGE="${IMAGE:-$APP_IMAGE}"

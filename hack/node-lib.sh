@@ -44,7 +44,7 @@ SYSCTLS=(vm.overcommit_memory kernel.panic kernel.panic_on_oops net.ipv4.ip_forw
 log() { printf '[%s %s] %s\n' "$LOG_TAG" "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 # "This host cannot run a node": one line, exit code 2 (tests skip with this reason).
-cannot() { printf '%s: cannot run a node here: %s\n' "$LOG_TAG" "$*" >&2; exit 2; }
+cannot() { printf '%s: cannot %s here: %s\n' "$LOG_TAG" "${CANNOT_WHAT:-run a node}" "$*" >&2; exit 2; }
 
 find_tool() {  # find_tool <name>: $REPO/.venv/bin/<name>, else PATH
     if [[ -x "$REPO_ROOT/.venv/bin/$1" ]]; then echo "$REPO_ROOT/.venv/bin/$1"
