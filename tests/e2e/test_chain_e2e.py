@@ -132,7 +132,10 @@ def test_kubectl_get_shows_the_design_columns(kit: Kit, operator, backends):
     a, b = backends("a"), backends("b")
     kit.create_chain(
         "default",
-        [kit.provider("local-a", a.url, "Sovereign", model="a-model"), kit.provider("cloud-b", b.url)],
+        [
+            kit.provider("local-a", a.url, "Sovereign", model="a-model"),
+            kit.provider("cloud-b", b.url),
+        ],
         taskDefaults={"allowDelegation": True},
     )
     kit.chain_ready("default")

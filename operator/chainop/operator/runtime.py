@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -230,7 +231,8 @@ class Runtime:
             namespace=config.namespaces[0] if config.namespaces else None,
         )
         self.chains: dict[tuple[str, str], ChainRuntime] = {}
-        self._probing: set[ProbeKey] = set()
+        #: Probes in flight per key (several when a probe outlasts the interval).
+        self._probing: dict[ProbeKey, int] = {}
         self._next_due: dict[ProbeKey, float] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._chain_locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -467,14 +469,17 @@ class Runtime:
         """Start the probes that are due: by interval, or by an Excluded user's recovery.
 
         Each key keeps a fixed cadence (``next_due`` advances by the interval, not from
-        when the probe happened to start), so tick granularity does not stretch it.
+        when the probe happened to start), so tick granularity does not stretch it, and a
+        probe that hangs until its timeout does not delay the next one: up to
+        ``ceil(timeout / interval)`` probes of a key may be in flight, so a hung engine
+        is Unhealthy about ``interval x unhealthyThreshold + timeout`` after it hung,
+        not ``timeout x unhealthyThreshold``. Recovery probes never overlap.
         """
         all_users = self.probe_users()
         for gone in self._next_due.keys() - all_users.keys():
             del self._next_due[gone]  # no chain probes this endpoint any more
         for key, users in all_users.items():
-            if key in self._probing:
-                continue
+            in_flight = self._probing.get(key, 0)
             due_at = self._next_due.get(key)
             interval: float | None = None
             recovery = False
@@ -488,12 +493,17 @@ class Runtime:
                     candidate = runtime.spec.health.probe.interval_seconds
                     interval = candidate if interval is None else min(interval, candidate)
             regular = interval is not None and (due_at is None or now >= due_at)
+            if regular and interval is not None and in_flight:
+                owner = users[0][0].spec
+                timeout = owner.health.probe.timeout_seconds if owner else interval
+                regular = in_flight < max(1, math.ceil(timeout / interval))
+            recovery = recovery and not in_flight
             if not (regular or recovery):
                 continue
-            if interval is not None:
+            if interval is not None and regular:
                 on_time = due_at is not None and now - due_at < interval
                 self._next_due[key] = (due_at + interval) if on_time and due_at else now + interval
-            self._probing.add(key)
+            self._probing[key] = in_flight + 1
             self.spawn(self.probe(key, users[0]), name=f"probe-{key[1]}")
 
     async def probe(self, key: ProbeKey, user: tuple[ChainRuntime, ProviderSpec]) -> None:
@@ -509,7 +519,11 @@ class Runtime:
                 kinds=key[3],
             )
         finally:
-            self._probing.discard(key)
+            left = self._probing.get(key, 1) - 1
+            if left > 0:
+                self._probing[key] = left
+            else:
+                self._probing.pop(key, None)
         await self.deliver(key, outcome)
 
     async def run_probes(

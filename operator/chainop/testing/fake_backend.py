@@ -70,7 +70,8 @@ queued/running), ``job_status`` (``succeeded`` or ``failed``) and ``job_error`` 
 ``error`` of a failed job), ``models`` (only these models are served: ``/models`` lists
 them and a request for another gets vLLM's 404; changing it at runtime is a redeploy with
 another ``--served-model-name``; unset, any model is answered and ``NAME-model`` and
-``fake-model`` are listed, NAME being ``--name``), ``served_model`` (one name: the same as ``models: [name]``), ``api_key``
+``fake-model`` are listed, NAME being ``--name``), ``served_model`` (one name: the same
+as ``models: [name]``), ``api_key``
 (require ``Authorization: Bearer`` or ``x-api-key`` with it, else 401; ``/health`` stays
 public). ``FakeBackend(models=[...])`` and ``--served-model-name`` set the models served
 from the start (kept by ``reset``).

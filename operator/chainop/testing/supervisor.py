@@ -84,7 +84,8 @@ class BackendSupervisor:
     ``kubeconfig`` defaults to the local cluster's
     (:func:`chainop.testing.cluster.kubeconfig_path`).
     Backend output goes to ``log_dir/<namespace>.<deployment>.log`` (a temporary directory
-    by default). ``ready_timeout`` bounds the wait for a (re)started backend's port.
+    by default). ``ready_timeout`` bounds the wait for a (re)started backend's port;
+    ``termination_grace`` is the kubelet's grace period: SIGTERM, then SIGKILL after it.
     """
 
     def __init__(
@@ -93,6 +94,7 @@ class BackendSupervisor:
         *,
         log_dir: str | Path | None = None,
         ready_timeout: float = 30.0,
+        termination_grace: float = 10.0,
     ) -> None:
         self._kubeconfig = Path(kubeconfig or cluster.kubeconfig_path())
         self._api_client: Any = _kube_config.new_client_from_config(
@@ -101,6 +103,7 @@ class BackendSupervisor:
         self._apps: Any = client.AppsV1Api(self._api_client)
         self._log_dir = Path(log_dir or tempfile.mkdtemp(prefix="chainop-backends-"))
         self._ready_timeout = ready_timeout
+        self._termination_grace = termination_grace
         self._bindings: dict[tuple[str, str], _Binding] = {}
         self._changed = threading.Condition()
         self._closed = False
@@ -371,10 +374,19 @@ class BackendSupervisor:
         if process is None:
             return
         if process.poll() is None:
+            # As a kubelet does: SIGTERM, then SIGKILL after the grace period. A process
+            # with a request in flight (llama-server) or frozen (SIGSTOP: a hung engine)
+            # does not exit on SIGTERM, so the escalation is what restarts it.
             _signal_group(process.pid, signal.SIGTERM)
             try:
-                process.wait(timeout=10)
+                process.wait(timeout=self._termination_grace)
             except subprocess.TimeoutExpired:
+                logger.info(
+                    "%s/%s did not exit %gs after SIGTERM: SIGKILL",
+                    binding.namespace,
+                    binding.deployment,
+                    self._termination_grace,
+                )
                 _signal_group(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
         _signal_group(process.pid, signal.SIGKILL)  # leftovers of its session

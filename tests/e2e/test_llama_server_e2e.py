@@ -1,0 +1,152 @@
+"""We test these aspects: chainop against a real model server written by others.
+
+The Sovereign head of the chain is llama.cpp's ``llama-server`` (built by
+``hack/llama-build.sh``) serving SmolLM2-135M with a 256-token context, run by the
+supervisor (playing kubelet: SIGTERM, then SIGKILL after the grace) as the process
+behind a real Deployment. Skipped, with the reason, when the binary is not cached.
+
+* a task is answered by the real server: generated text, real token counts;
+* the server's own context-overflow reply (HTTP 400 ``exceed_context_size_error``)
+  advances the task to the next provider without penalty;
+* the server frozen with SIGSTOP (the socket still accepts, nothing answers: a hung
+  engine) is detected by the Generate probe, Excluded, its Deployment restarted; the
+  restarted server answers 503 "Loading model" while it loads (neither failure nor
+  recovery) and the provider is Healthy again; the figure (seconds from the freeze to
+  the restart patch, and to Healthy) is printed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chainop.testing import llama
+from chainop.testing.cluster import free_port
+from chainop.testing.supervisor import BackendSupervisor
+from tests.e2e.kit import CHAINS, Kit, outcomes
+
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.skipif(llama.missing_reason() is not None, reason=str(llama.missing_reason())),
+]
+
+PROBE = {"intervalSeconds": 1, "timeoutSeconds": 5, "unhealthyThreshold": 2}
+SHORT_REQUEST = {"messages": [{"role": "user", "content": "Say hello."}], "maxTokens": 24}
+
+
+@pytest.fixture
+def kubelet(kubeconfig: Path, tmp_path: Path) -> Iterator[BackendSupervisor]:
+    """The supervisor with a short grace: a frozen server never exits on SIGTERM."""
+    sup = BackendSupervisor(
+        kubeconfig, log_dir=tmp_path / "backends", ready_timeout=60, termination_grace=2
+    )
+    yield sup
+    sup.close()
+
+
+def llama_chain(kit: Kit, port: int, cloud_url: str, **spec: Any) -> None:
+    kit.create_deployment("llama")
+    kit.create_chain(
+        "default",
+        [
+            kit.provider(
+                "llama",
+                f"http://127.0.0.1:{port}",
+                "Sovereign",
+                model=llama.DEFAULT_ALIAS,
+                backend={"deployment": "llama"},
+                timeoutSeconds=30,
+            ),
+            kit.provider("cloud", cloud_url),
+        ],
+        health={"probe": PROBE, "failureThreshold": 3},
+        selfHealing={"recovery": {"initialSeconds": 1, "maxSeconds": 2}},
+        taskDefaults={"allowDelegation": True},
+        **spec,
+    )
+
+
+def llama_state(kit: Kit) -> dict[str, Any]:
+    return kit.provider_status("default", "llama")
+
+
+def wait_loaded(kit: Kit) -> None:
+    """Healthy by a passing probe (a new provider starts Healthy before any probe)."""
+    kit.wait_until(
+        lambda: (
+            llama_state(kit).get("state") == "Healthy"
+            and llama_state(kit).get("lastProbeLatencyMs") is not None
+        ),
+        timeout=90,
+        what="llama Healthy by its probes",
+    )
+
+
+def test_real_server_answers_and_its_context_overflow_advances_without_penalty(
+    kit: Kit, operator, backends, kubelet
+):
+    port = free_port()
+    kubelet.bind(kit.namespace, "llama", llama.command(port), port)
+    llama_chain(kit, port, backends("cloud").url)
+    wait_loaded(kit)
+    # maxTokens well inside the 256-token context: a longer budget would let the context
+    # run out first, which chainop rightly reads as an incomplete answer.
+    kit.create_task("short", request=SHORT_REQUEST, timeoutSeconds=60)
+    answered = kit.wait_task("short", timeout=90)
+    assert answered["phase"] == "Succeeded", answered.get("conditions")
+    result = answered["result"]
+    assert result["provider"] == "llama", answered["attempts"]
+    assert result["text"].strip()
+    assert not result["text"].startswith("[")  # not a fake's echo: generated text
+    assert result["inputTokens"] > 0
+    assert result["outputTokens"] > 0
+
+    long_prompt = " ".join(f"word{i}" for i in range(600))  # far beyond 256 tokens
+    kit.create_task("too-long", content=long_prompt, timeoutSeconds=60)
+    moved = kit.wait_task("too-long", timeout=90)
+    assert moved["phase"] == "Succeeded", moved.get("conditions")
+    assert outcomes(moved) == [("llama", "Unsupported"), ("cloud", "Succeeded")]
+    assert "context" in moved["attempts"][0]["error"]
+    state = llama_state(kit)
+    assert state["state"] == "Healthy"
+    assert state.get("consecutiveFailures", 0) == 0
+    assert kit.get(CHAINS, "default")["status"]["activeOrder"] == ["llama", "cloud"]
+
+
+def test_frozen_server_is_excluded_restarted_and_healthy_again(
+    kit: Kit, operator, backends, kubelet
+):
+    port = free_port()
+    kubelet.bind(kit.namespace, "llama", llama.command(port), port)
+    llama_chain(kit, port, backends("cloud").url)
+    wait_loaded(kit)
+    pid = kubelet.pid(kit.namespace, "llama")
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # a hung engine: the socket accepts, nothing answers
+    frozen_at = time.monotonic()
+    kubelet.wait_for_restarts(kit.namespace, "llama", 1, timeout=90)
+    restarted_after = time.monotonic() - frozen_at
+    assert kubelet.pid(kit.namespace, "llama") != pid
+    kit.wait_until(
+        lambda: llama_state(kit).get("state") == "Healthy" and llama_state(kit)["restarts"] == 1,
+        timeout=120,
+        what="llama Healthy after its restart",
+    )
+    healthy_after = time.monotonic() - frozen_at
+    print(
+        f"\nllama-server frozen → restart patch + new process: {restarted_after:.1f}s; "
+        f"→ Healthy again: {healthy_after:.1f}s"
+    )
+    reasons = kit.event_reasons("default")
+    for reason in ("ProviderUnhealthy", "ProviderExcluded", "BackendRestarted", "ProviderRestored"):
+        assert reason in reasons
+    # The restarted server really answers again.
+    kit.create_task("after", request=SHORT_REQUEST, timeoutSeconds=60)
+    after = kit.wait_task("after", timeout=90)
+    assert after["result"]["provider"] == "llama"
