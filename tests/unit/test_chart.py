@@ -57,6 +57,9 @@ NAMESPACED_ALLOWED: dict[tuple[str, str], dict[str, str]] = {
         "get": "Runtime.validate and RestartManager -> KubeClient.read_deployment",
         "patch": "RestartManager.request/settle -> KubeClient.patch_deployment",
     },
+    ("", "pods"): {
+        "list": "Runtime.inspect_backend -> KubeClient.list_pods (crash-looping backends)",
+    },
     ("", "configmaps"): {
         "create": "TaskRunner large result -> KubeClient.apply_configmap",
         "update": "KubeClient.apply_configmap replaces one a retried task wrote (409)",

@@ -492,3 +492,49 @@ def test_probes_are_shared_per_endpoint_model_and_kind() -> None:
     listing = chain(provider("a", "Sovereign", probe={"kind": "List"}))
     assert probe_key(one.providers[0]) == probe_key(same.providers[0])
     assert probe_key(one.providers[0]) != probe_key(listing.providers[0])
+
+
+# --------------------------------------------------------------------------- backend pods
+
+
+def _pod(name: str, waiting: str | None, *, deleting: bool = False) -> dict[str, object]:
+    state = (
+        {"waiting": {"reason": waiting, "message": "back-off 40s"}} if waiting else {"running": {}}
+    )
+    return {
+        "metadata": {"name": name, **({"deletionTimestamp": "now"} if deleting else {})},
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "server",
+                    "restartCount": 4,
+                    "state": state,
+                    "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}},
+                }
+            ]
+        },
+    }
+
+
+def test_a_crash_looping_backend_is_said_in_plain_words_and_not_restarted() -> None:
+    problem = healing.pod_problem(
+        [_pod("old", None, deleting=True), _pod("new", "CrashLoopBackOff")]
+    )
+    assert problem is not None
+    assert problem.reason == "CrashLoopBackOff"
+    assert "pod new: container server is in CrashLoopBackOff (restarted 4 times" in problem.message
+    assert "last exit code 1 (Error)" in problem.message
+    assert "will not restart it again" in problem.message
+    spec = two()
+    looping = ProviderHealth(
+        name="vllm", unhealthy=True, excluded_since=1, reason="CrashLoopBackOff"
+    )
+    assert not Runtime.restart_wanted(spec, spec.providers[0], looping)
+    assert health_rules.reason_of(looping, now=2) == "CrashLoopBackOff"
+
+
+def test_running_or_terminating_pods_are_no_problem() -> None:
+    assert (
+        healing.pod_problem([_pod("a", None), _pod("b", "CrashLoopBackOff", deleting=True)]) is None
+    )
+    assert healing.pod_problem([_pod("c", "ContainerCreating")]) is None

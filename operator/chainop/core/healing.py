@@ -16,10 +16,11 @@ budget. Everything here is purely computational; ``now`` is always passed in.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
-from chainop.core.health import ProviderHealth
+from chainop.core.health import POD_REASONS, ProviderHealth
 from chainop.core.models import RecoverySpec
 
 HOUR = 3600.0
@@ -162,3 +163,54 @@ def restart_settled(ledger: RestartLedger) -> RestartLedger:
 def note_restart(health: ProviderHealth, *, now: float) -> ProviderHealth:
     """Count a restart on the provider's own status (``restarts``, ``lastRestartTime``)."""
     return replace(health, restarts=health.restarts + 1, last_restart_time=now)
+
+
+# --------------------------------------------------------------------------- backend pods
+
+#: Container waiting reasons that a restart of the Deployment cannot fix: the kubelet is
+#: already restarting (or failing to start) the container, and a new ReplicaSet would
+#: crash, or fail to pull, exactly the same way.
+POD_PROBLEMS = POD_REASONS
+
+
+@dataclass(frozen=True, slots=True)
+class PodProblem:
+    """Why a backend's pods cannot run, in the kubelet's word and in plain words."""
+
+    reason: str
+    message: str
+
+
+def pod_problem(pods: Sequence[Mapping[str, Any]]) -> PodProblem | None:
+    """The first pod of a backend whose container is stuck, or None. Purely computational.
+
+    ``pods`` are Pod objects as the API serves them (dicts). A pod being deleted is the
+    old one of a restart and is ignored.
+    """
+    for pod in pods:
+        metadata = pod.get("metadata") or {}
+        if metadata.get("deletionTimestamp"):
+            continue
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        for container in statuses:
+            waiting = ((container.get("state") or {}).get("waiting")) or {}
+            reason = waiting.get("reason")
+            if reason not in POD_PROBLEMS:
+                continue
+            restarts = container.get("restartCount", 0)
+            last = ((container.get("lastState") or {}).get("terminated")) or {}
+            ended = ""
+            if last:
+                ended = f"; last exit code {last.get('exitCode')}"
+                if last.get("reason"):
+                    ended += f" ({last['reason']})"
+            detail = waiting.get("message") or ""
+            message = (
+                f"pod {metadata.get('name', '?')}: container {container.get('name', '?')} is in "
+                f"{reason} (restarted {restarts} times{ended})"
+                + (f": {detail[:160]}" if detail else "")
+                + "; the kubelet keeps retrying it, and restarting the Deployment would not "
+                "help, so chainop will not restart it again"
+            )
+            return PodProblem(reason=str(reason), message=message)
+    return None

@@ -46,7 +46,19 @@ PROBE_FAILED = "ProbeFailed"
 FAILING = "Failing"
 LOADING = "Loading"
 SLOW = "Slow"
-_KEPT_REASONS = frozenset({WEDGED, MODEL_NOT_SERVED, QUOTA_EXHAUSTED, RATE_LIMITED})
+#: Reasons the kubelet gives for a backend pod that cannot run (see healing.pod_problem).
+POD_REASONS = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+_KEPT_REASONS = frozenset({WEDGED, MODEL_NOT_SERVED, QUOTA_EXHAUSTED, RATE_LIMITED}) | POD_REASONS
 
 
 @dataclass(frozen=True, slots=True)

@@ -196,6 +196,16 @@ class KubeClient:
         result: dict[str, Any] = self.api_client.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
         return result
 
+    async def list_pods(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+        """Pods matching a label selector (a Deployment's ``spec.selector.matchLabels``)."""
+        label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+        obj = await self._call(
+            self.core.list_namespaced_pod, namespace, label_selector=label_selector
+        )
+        result: dict[str, Any] = self.api_client.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+        items = result.get("items") or []
+        return [item for item in items if isinstance(item, dict)]
+
     async def patch_deployment(
         self, namespace: str, name: str, patch: dict[str, Any]
     ) -> dict[str, Any]:

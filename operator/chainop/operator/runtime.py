@@ -30,7 +30,7 @@ import math
 import time
 import zlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -233,6 +233,8 @@ class Runtime:
         self.chains: dict[tuple[str, str], ChainRuntime] = {}
         #: Probes in flight per key (several when a probe outlasts the interval).
         self._probing: dict[ProbeKey, int] = {}
+        #: When the pods of a backend Deployment were last inspected.
+        self._pods_seen: dict[tuple[str, str], float] = {}
         self._next_due: dict[ProbeKey, float] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._chain_locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -671,6 +673,9 @@ class Runtime:
                     name="restart-settle",
                 )
         current = board.get(name)
+        if not ok and provider.backend is not None and (current.excluded or current.unhealthy):
+            await self.inspect_backend(runtime, provider, now=now)
+            current = board.get(name)
         if not ok and self.restart_wanted(spec, provider, current):
             await self.maybe_restart(runtime, provider, now=now)
 
@@ -700,9 +705,49 @@ class Runtime:
         return (
             health.unhealthy
             and not health.model_missing
+            and health.reason not in health_rules.POD_REASONS
             and provider.backend is not None
             and spec.self_healing.restart_backends
         )
+
+    async def inspect_backend(
+        self, runtime: ChainRuntime, provider: ProviderSpec, *, now: float
+    ) -> None:
+        """Look at the pods of a failing provider's backend (at most every 5 s per
+        Deployment): a container in CrashLoopBackOff (or ImagePullBackOff, ...) is
+        something a restart cannot fix, so it is said in plain words in status and an
+        Event, and no further restart is ordered while it lasts."""
+        board = runtime.board
+        if board is None or provider.backend is None:
+            return
+        deployment = provider.backend.deployment
+        key = (runtime.namespace, deployment)
+        if now - self._pods_seen.get(key, 0.0) < 5.0:
+            return
+        self._pods_seen[key] = now
+        try:
+            found = await self.kube.read_deployment(runtime.namespace, deployment)
+            labels = ((found or {}).get("spec") or {}).get("selector", {}).get("matchLabels")
+            pods = await self.kube.list_pods(runtime.namespace, labels) if labels else []
+        except KubeError as error:
+            log.info("pods of Deployment %s not read: %s", deployment, error)
+            return
+        problem = healing.pod_problem(pods)
+        health = board.get(provider.name)
+        if problem is None:
+            if health.reason in health_rules.POD_REASONS:
+                board.set(replace(health, reason="", last_error=""))
+            return
+        board.set(replace(health, reason=problem.reason, last_error=problem.message))
+        if health.reason != problem.reason:
+            self.event(
+                runtime.ref,
+                type="Warning",
+                reason="BackendCrashLooping"
+                if problem.reason == "CrashLoopBackOff"
+                else "BackendNotRunning",
+                message=f"{provider.name}: Deployment {deployment}: {problem.message}",
+            )
 
     async def heal_wedged(self, *, now: float) -> None:
         """Act on request-path evidence: the executor marks a provider Wedged when its
