@@ -4,6 +4,8 @@
 #
 #   hack/test.sh [pytest args...]       e.g. hack/test.sh -k routing
 #   LINT=0 hack/test.sh                 skip ruff/mypy/import-linter
+#   NODE=0 hack/test.sh                 no real node (its tests are reported as skipped)
+#   LLAMA=0 hack/test.sh                no llama-server build (its tests are skipped)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -15,15 +17,39 @@ started_here=0
 if ! { [ -f .cluster/kubeconfig ] && KUBECONFIG=.cluster/kubeconfig .venv/bin/kubectl get --raw /readyz >/dev/null 2>&1; }; then
   started_here=1
 fi
+node_started_here=0
 cleanup() {
-  if [ "$started_here" = "1" ] && [ "${KEEP_CLUSTER:-0}" != "1" ]; then
-    echo "==> stopping the local control plane"
-    hack/cluster-down.sh || true
+  if [ "${KEEP_CLUSTER:-0}" != "1" ]; then
+    if [ "$started_here" = "1" ]; then
+      echo "==> stopping the local control plane (and the node first)"
+      hack/cluster-down.sh || true
+    elif [ "$node_started_here" = "1" ]; then
+      echo "==> stopping the node"
+      hack/node-down.sh || true
+    fi
   fi
 }
 trap cleanup EXIT
-echo "==> starting the local control plane (first run builds it from Go modules: ~10 min)"
+echo "==> starting the local control plane (first run builds it from Go modules: ~7 min)"
 hack/cluster-up.sh
+if [ "${LLAMA:-1}" = "1" ]; then
+  # The real model server of the tests (tests/e2e/test_llama_server_e2e.py): compiled once
+  # per machine into the user cache (~10 min), then reused in about 10 ms.
+  echo "==> llama.cpp's llama-server + SmolLM2-135M (first run compiles it: ~10 min)"
+  hack/llama-build.sh
+fi
+if [ "${NODE:-1}" = "1" ]; then
+  hack/node-status.sh >/dev/null 2>&1 || node_started_here=1
+  echo "==> images (buildah, no engine) and a real node (kubelet + containerd + scheduler)"
+  node_rc=0
+  { hack/image-build.sh && hack/node-up.sh; } || node_rc=$?
+  if [ "$node_rc" = "2" ]; then
+    echo "==> this host cannot run a node: the node tests will be reported as skipped"
+    node_started_here=0
+  elif [ "$node_rc" != "0" ]; then
+    exit "$node_rc"
+  fi
+fi
 echo "==> running the tests"
 rc=0
 .venv/bin/pytest "$@" || rc=$?
