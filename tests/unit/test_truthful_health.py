@@ -538,3 +538,36 @@ def test_running_or_terminating_pods_are_no_problem() -> None:
         healing.pod_problem([_pod("a", None), _pod("b", "CrashLoopBackOff", deleting=True)]) is None
     )
     assert healing.pod_problem([_pod("c", "ContainerCreating")]) is None
+
+
+def test_a_bound_on_a_parameter_is_a_bad_request_not_a_capability() -> None:
+    bad = errors.classify_status(
+        422,
+        body_text='{"error":"Input validation error: `temperature` must be <= 2",'
+        '"error_type":"validation"}',
+    )
+    assert type(bad) is errors.PermanentError
+
+
+@given(
+    status=st.integers(300, 599),
+    body=st.one_of(
+        st.text(max_size=300),
+        st.builds(
+            lambda m, t: '{"error":{"message":' + m + ',"type":' + t + "}}",
+            st.from_regex(r'"[a-z ]{0,40}"', fullmatch=True),
+            st.from_regex(r'"[a-z_]{0,20}"', fullmatch=True),
+        ),
+    ),
+    retry=st.one_of(st.none(), st.from_regex(r"[0-9a-z.]{0,8}", fullmatch=True)),
+)
+def test_any_error_reply_gets_a_class_and_a_short_one_line_message(
+    status: int, body: str, retry: str | None
+) -> None:
+    headers = {"retry-after": retry} if retry is not None else {}
+    error = errors.classify_status(status, body_text=body, headers=headers, now=1.0)
+    assert isinstance(error, errors.ProviderError)
+    assert "\n" not in error.message
+    assert len(error.message) <= 220
+    delay = getattr(error, "retry_after", None)
+    assert delay is None or delay >= 0

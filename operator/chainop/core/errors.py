@@ -265,6 +265,7 @@ def classify_status(
         or _says(said, _CAPABILITY)
         or _unsupported_feature(said)
         or _over_budget_alone(said)
+        or _token_bound(said)
     ):
         return UnsupportedRequestError(detail, status_code=status_code)
     if status_code == 404 and ((model and model.lower() in said) or "model" in said):
@@ -338,8 +339,6 @@ _CAPABILITY = (
     "too many tokens",
     "too many input tokens",
     "reduce the length",
-    "must be <= ",
-    "must be less than or equal",
     "maximum number of tokens",
     "max_tokens is too large",
     "max_tokens: ",
@@ -381,6 +380,12 @@ _TRANSIENT_STATUSES = frozenset({408, 409, 424, 425})
 
 _BUDGET = re.compile(r"limit:? (\d+), used:? (\d+), requested:? ~?(\d+)")
 _TRY_AGAIN = re.compile(r"(?:try again|retry) (?:in|after) (\d+(?:\.\d+)?(?:ms|h|m|s)?[\dms.]*)")
+
+
+def _token_bound(text: str) -> bool:
+    """ "`inputs` tokens + `max_new_tokens` must be <= 2048" (TGI): a bound on tokens, not
+    on any parameter ("temperature must be <= 2" stays a bad request)."""
+    return "token" in text and ("must be <= " in text or "must be less than or equal" in text)
 
 
 def _over_budget_alone(text: str) -> bool:
