@@ -80,15 +80,24 @@ def control(base_url: str, **payload: Any) -> None:
 # ----------------------------------------------------------------------------- waiting
 
 
-def wait_for(check: Callable[[], Any], *, timeout: float, what: str, poll: float = 0.2) -> Any:
-    """Poll ``check()`` until it returns something truthy; return it."""
+def wait_for(
+    check: Callable[[], Any],
+    *,
+    timeout: float,
+    what: str,
+    poll: float = 0.2,
+    detail: Callable[[], object] | None = None,
+) -> Any:
+    """Poll ``check()`` until it returns something truthy; return it. On timeout the
+    message ends with ``detail()`` (what things looked like)."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g}s")
+            seen = f"; {detail()}" if detail is not None else ""
+            raise AssertionError(f"{what}: not within {timeout:g}s{seen}")
         time.sleep(poll)
 
 

@@ -350,11 +350,31 @@ def test_crash_looping_pod_is_not_restarted_again_and_again(stack: Stack, capsys
     )
     restarted = time.monotonic() - t0
 
-    def crash_looping() -> dict[str, Any] | None:
-        entry = kit.provider_status("crashy", "flaky")
-        return entry if entry.get("reason") == "CrashLoopBackOff" else None
+    def seen() -> str:
+        containers = [
+            (s.get("state"), s.get("restartCount"))
+            for p in onnode.pods(node, ns, "app=flaky")
+            for s in p["status"].get("containerStatuses") or []
+        ]
+        log = stack.operator_log().splitlines()
+        return (
+            f"provider {kit.provider_status('crashy', 'flaky')}; containers {containers}; "
+            f"events {kit.event_reasons('crashy')}; operator log tail:\n" + "\n".join(log[-30:])
+        )
 
-    entry = onnode.wait_for(crash_looping, timeout=90, what="reason CrashLoopBackOff in status")
+    def said_or_restarted_again() -> dict[str, Any] | None:
+        entry = kit.provider_status("crashy", "flaky")
+        if entry.get("reason") == "CrashLoopBackOff":
+            return entry
+        assert len(onnode.restart_history(node, ns, "flaky")) == 1, (
+            "chainop restarted the crash-looping backend again before it saw the crash "
+            f"loop: {seen()}"
+        )
+        return None
+
+    entry = onnode.wait_for(
+        said_or_restarted_again, timeout=90, what="reason CrashLoopBackOff in status", detail=seen
+    )
     said = time.monotonic() - t0
     assert "CrashLoopBackOff" in entry.get("lastError", ""), entry
     onnode.wait_for(
