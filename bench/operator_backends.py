@@ -1,4 +1,6 @@
-"""Many fake backends in one process: ``python -m bench.operator_backends PORT [PORT...]``.
+"""Many fake backends in one process.
+
+``python -m bench.operator_backends [--host ADDR] PORT [PORT...]``.
 
 The scale benchmark (issue 7 item 5) needs 50 distinct endpoints. Fifty fake-backend
 processes would take ~1.5 GB and a share of the 2 CPUs the operator is measured on, so
@@ -17,8 +19,8 @@ import sys
 from chainop.testing.fake_backend import FakeBackend
 
 
-async def serve(ports: list[int]) -> None:
-    backends = [FakeBackend(f"ep{i}", port=port) for i, port in enumerate(ports)]
+async def serve(ports: list[int], host: str = "127.0.0.1") -> None:
+    backends = [FakeBackend(f"ep{i}", host=host, port=port) for i, port in enumerate(ports)]
     for backend in backends:
         await backend.start()
     stop = asyncio.Event()
@@ -32,4 +34,9 @@ async def serve(ports: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve([int(p) for p in sys.argv[1:]]))
+    # ``--host ADDR`` first binds another address (the node bench: the pod bridge's).
+    argv = sys.argv[1:]
+    bind = "127.0.0.1"
+    if argv[:1] == ["--host"]:
+        bind, argv = argv[1], argv[2:]
+    asyncio.run(serve([int(p) for p in argv], bind))
