@@ -485,4 +485,11 @@ def render(data: dict[str, Any], *, command: str) -> str:
         from bench import operator_report
 
         lines += operator_report.render_lines(data["operator"])
+    if "health" in data or "node" in data:
+        from bench import health_report
+
+        if "health" in data:
+            lines += health_report.render_health(data["health"])
+        if "node" in data:
+            lines += health_report.render_node(data["node"])
     return "\n".join(lines).rstrip() + "\n"

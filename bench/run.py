@@ -1,8 +1,12 @@
 """Orchestrate the benchmarks: backends up, one worker process per measurement, report.
 
-``python -m bench [overhead|failover|profile|client|all] [--quick] [--rounds N]``
-(``client``/``all`` = overhead + failover + profile; ``operator`` = bench.operator;
-``render`` rewrites docs/benchmarks.md from bench/results/latest.json).
+``python -m bench [overhead|failover|profile|health|node|client|all ...] [--quick]``
+(``client`` = overhead + failover + profile; ``all`` = those + health + node;
+``health`` = bench.health, issue 11's failure kinds on the control plane; ``node`` =
+bench.node, issue 13 on the real node, skipped with the reason when none is up
+(``CHAINOP_NODE_CLUSTER_DIR`` picks its cluster); ``operator`` = bench.operator;
+``render`` rewrites docs/benchmarks.md from bench/results/latest.json). Several parts may
+be named in one run, e.g. ``python -m bench health node``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -206,14 +211,33 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def health_part(args: argparse.Namespace) -> dict[str, Any]:
+    """Issue 11: failure kind → Excluded → restart patch (bench/health.py)."""
+    from bench import health as health_bench
+
+    logs = Path(tempfile.mkdtemp(prefix="bench-health-"))
+    log(f"health bench: logs in {logs}")
+    return health_bench.run(args, logs)
+
+
+def node_part(args: argparse.Namespace) -> dict[str, Any]:
+    """Issue 13 on the real node (bench/node.py); ``{"skipped": why}`` without one."""
+    from bench import node as node_bench
+
+    return node_bench.run(args)
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point (``python -m bench``)."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
         "what",
-        nargs="?",
-        default="all",
-        choices=["all", "client", "overhead", "failover", "profile", "operator", "render"],
+        nargs="*",
+        default=["all"],
+        choices=[
+            *("all", "client", "overhead", "failover", "profile"),
+            *("health", "node", "operator", "render"),
+        ],
     )
     parser.add_argument("--rounds", type=int, default=3, help="overhead rounds (best is kept)")
     parser.add_argument("--seconds", type=float, default=2.0, help="overhead window per run")
@@ -224,8 +248,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile-seconds", type=float, default=3.0)
     parser.add_argument("--quick", action="store_true", help="1 round, 5 s failover windows")
     parser.add_argument("--no-write", action="store_true", help="do not rewrite the docs")
+    from bench import health as health_bench
+    from bench import node as node_bench
+
+    health_bench.add_arguments(parser)
+    node_bench.add_arguments(parser)
+    parser.add_argument("--heal-tick", type=float, default=0.25, help="chainop --tick (health)")
     args, rest = parser.parse_known_args(argv)
-    if args.what == "operator":
+    wanted = set(args.what)
+    if "operator" in wanted:
         # Issue 7 items 3-5 against the real control plane: bench/operator.py.
         from bench import operator as operator_bench
 
@@ -252,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.what == "render":  # rewrite the docs from bench/results/latest.json only
+    if "render" in wanted:  # rewrite the docs from bench/results/latest.json only
         saved = report.load_results()
         markdown = report.render(saved, command=saved.get("command", "python -m bench"))
         print(markdown)
@@ -269,14 +300,39 @@ def main(argv: list[str] | None = None) -> None:
     command = " ".join(["python -m bench", *(argv or sys.argv[1:])])
     sections: dict[str, Any] = dict(previous.get("sections", {}))
     for name, run in (("overhead", overhead), ("failover", failover), ("profile", profile)):
-        if args.what in ("all", "client", name):
+        if wanted & {"all", "client", name}:
             data[name] = run(args)
             sections[name] = {"command": command, "date": data["machine"]["date"]}
+    for name in ("overhead", "failover", "profile"):
+        # A section measured by an earlier command keeps that command's name and date.
+        if name not in data and name in previous and name not in sections:
+            sections[name] = {
+                "command": previous.get("command", "python -m bench"),
+                "date": previous.get("machine", {}).get("date", "?"),
+            }
+    for name, part in (("health", health_part), ("node", node_part)):
+        if wanted & {"all", name}:
+            section_started = time.monotonic()
+            section = {"loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
+            section.update(part(args))
+            section["machine"] = report.machine()
+            section["command"] = command
+            section["elapsed_seconds"] = round(time.monotonic() - section_started, 1)
+            section.setdefault("loadavg_at_end", [round(x, 2) for x in os.getloadavg()])
+            data[name] = section
+            # Kept even if a later part fails: the figures of a long run are not lost.
+            partial = Path(tempfile.gettempdir()) / f"chainop-bench-{name}.json"
+            partial.write_text(json.dumps(section, indent=1))
+            log(f"{name}: raw figures in {partial}")
     data["elapsed_seconds"] = round(time.monotonic() - started, 1)
     data["sections"] = sections
     # Keep the sections this run did not measure from the last saved results.
-    merged = {**previous, **data}
-    merged["command"] = command
+    if wanted & {"all", "client", "overhead", "failover", "profile"} or not previous:
+        merged = {**previous, **data}
+        merged["command"] = command
+    else:  # only health/node: the header (command, machine, settings) stays the client run's
+        merged = {**previous, **{k: data[k] for k in ("health", "node") if k in data}}
+        command = str(previous.get("command", command))
     markdown = report.render(merged, command=command)
     print(markdown)
     if not args.no_write:
