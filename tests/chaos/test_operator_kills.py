@@ -48,7 +48,7 @@ def test_two_hundred_tasks_survive_five_sigkills(kit: Kit, chaos_operator, backe
     openai.set_mode("slow", delay_ms=300)  # slow enough that kills land mid-call too
     anthropic.set_mode("slow", delay_ms=300)
     jobs.configure(job_delay_ms=3000)
-    kit.create_chain("openai", [kit.provider("gpt", openai.url, "Sovereign")])
+    kit.create_chain("openai", [kit.provider("gpt", openai.url, "Sovereign", model="openai-model")])
     kit.create_chain(
         "anthropic",
         [
@@ -56,7 +56,7 @@ def test_two_hundred_tasks_survive_five_sigkills(kit: Kit, chaos_operator, backe
                 "name": "claude",
                 "type": "anthropic",
                 "endpoint": anthropic.url,
-                "model": "claude-model",
+                "model": "anthropic-model",  # what the fake lists (probes check it)
                 "privacyTier": "Sovereign",
             }
         ],
@@ -68,7 +68,7 @@ def test_two_hundred_tasks_survive_five_sigkills(kit: Kit, chaos_operator, backe
                 "name": "batch",
                 "type": "jobs",
                 "endpoint": jobs.url,
-                "model": "batch-model",
+                "model": "jobs-model",
                 "privacyTier": "Sovereign",
                 "timeoutSeconds": 120,
             }
