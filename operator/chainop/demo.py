@@ -26,6 +26,15 @@ task fails over to OpenAI; probes fail, vllm turns Unhealthy and is Excluded; ch
 restarts the ``vllm`` Deployment; the backend comes back, is restored at the head, Healthy,
 and takes local work again; the Events tell the same story.
 
+**On a real node** (``hack/node-up.sh``: kubelet + containerd; used when
+``hack/node-status.sh`` says one is live, or with ``NODE=1`` / ``--node``, which starts it
+if needed) the in-cluster backend is a real pod instead of a supervised process: the
+project's fake vLLM in the app image ``localhost/chainop:dev`` (``make image``), run by the
+``vllm`` Deployment on the node with ``hostNetwork`` on the bridge address 10.213.0.1 (the
+node has no cluster DNS, and a chain's endpoint must survive the pod's replacement). When
+chainop patches the Deployment, ``kubectl get pods`` shows the real thing: the old pod
+Terminating, the new one Running. ``NODE=0`` / ``--no-node`` forces the pod-less demo.
+
 Run it with ``make demo`` (``ARGS=--keep-cluster`` leaves the control plane running) or
 ``python -m chainop.demo --help``. Ctrl-C cleans up. Exit code 0 on success, 1 when a
 step failed (the error says which and where the logs are), 130 when interrupted.
@@ -36,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import json
 import logging
 import os
 import re
@@ -83,6 +93,46 @@ VLLM_MODEL = "qwen2.5-7b-instruct"
 #: How long the restarted vllm backend "loads its model" before it serves (a real one: minutes).
 WARMUP_SECONDS = 2.0
 
+#: The node's bridge address (hack/node-up.sh POD_CIDR's gateway): the host's side of the
+#: pod network, where a hostNetwork backend listens at a fixed port across restarts.
+NODE_BRIDGE_IP = "10.213.0.1"
+NODE_IMAGE = "localhost/chainop:dev"
+#: How long the old vllm pod drains after SIGTERM (as a model server finishes the requests
+#: in flight) before it stops: it stays Terminating this long, next to its replacement.
+NODE_DRAIN_SECONDS = 3
+NODE_GRACE_SECONDS = 10
+
+# The vllm pod's command on the node. It runs the fake vLLM as a child; on SIGTERM it
+# drains for a while, then stops it. After chainop's restart (the pod sees the annotation as
+# $CHAINOP_RESTARTED_AT) it first waits until the old pod has freed the port, then "loads its
+# model" for a while, as a real model server does.
+_NODE_WRAPPER = """
+import os, signal, socket, subprocess, sys, time
+host, port, seconds, drain = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+if os.environ.get("CHAINOP_RESTARTED_AT"):
+    print("waiting for the old pod to free the port", flush=True)
+    while True:
+        probe = socket.socket()
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+            break
+        except OSError:
+            time.sleep(0.2)
+        finally:
+            probe.close()
+    print(f"loading model weights ({seconds:g}s)", flush=True)
+    time.sleep(seconds)
+args = ["python", "-m", "chainop.testing.fake_backend", "--host", host, "--port", str(port)]
+child = subprocess.Popen(args + sys.argv[5:])
+def stop(signum, frame):
+    print(f"SIGTERM: draining for {drain:g}s, then stopping", flush=True)
+    time.sleep(drain)
+    child.terminate()
+signal.signal(signal.SIGTERM, stop)
+sys.exit(child.wait())
+"""
+
 ROUTES_TO = re.compile(r'^# Routes to: (?P<providers>.+?) \(reason: "(?P<reason>.*)"\)$', re.M)
 
 # Runs the fake backend; when the marker exists (every start but the first), it sleeps
@@ -116,6 +166,8 @@ class Options:
     keep_cluster: bool
     log_dir: Path
     wait_timeout: float
+    #: True: on the real node (started if needed); False: pod-less; None: the node if live.
+    node: bool | None = None
 
 
 # --------------------------------------------------------------------- pure helpers
@@ -164,6 +216,68 @@ def routing_claim(path: Path) -> tuple[list[str], str] | None:
     return [p.strip() for p in match["providers"].split(",")], match["reason"]
 
 
+def node_vllm_deployment(port: int) -> dict[str, Any]:
+    """The demo's vllm Deployment on a real node: the fake vLLM in the app image,
+    hostNetwork on the bridge address (a fixed address across restarts, no DNS needed).
+    maxSurge 1 / maxUnavailable 1: a restart starts the new pod while the old one is still
+    Terminating (the new one waits for the port). No ``ports`` entry: with hostNetwork it
+    would be a hostPort, and the scheduler keeps the new pod Pending while the old one
+    holds it."""
+    labels = {"app.kubernetes.io/name": "vllm", "app.kubernetes.io/component": "llm-server"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "vllm", "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": "vllm"}},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1},
+            },
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "hostNetwork": True,
+                    "terminationGracePeriodSeconds": NODE_GRACE_SECONDS,
+                    "containers": [
+                        {
+                            "name": "vllm",
+                            "image": NODE_IMAGE,
+                            "imagePullPolicy": "Never",
+                            "command": [
+                                "python",
+                                "-c",
+                                _NODE_WRAPPER,
+                                NODE_BRIDGE_IP,
+                                str(port),
+                                str(WARMUP_SECONDS),
+                                str(NODE_DRAIN_SECONDS),
+                                "--name",
+                                "vllm",
+                                "--served-model-name",
+                                VLLM_MODEL,
+                            ],
+                            "env": [
+                                {
+                                    "name": "CHAINOP_RESTARTED_AT",
+                                    "valueFrom": {
+                                        "fieldRef": {
+                                            "fieldPath": (
+                                                "metadata.annotations['chainop.dev/restartedAt']"
+                                            )
+                                        }
+                                    },
+                                }
+                            ],
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
 def dump(docs: Sequence[dict[str, Any]]) -> str:
     """Documents as one multi-document YAML text."""
     return yaml.safe_dump_all(list(docs), sort_keys=False)
@@ -191,6 +305,9 @@ class Demo:
         self.started_cluster = False
         self.metrics_url = ""
         self.old_pid: int | None = None
+        self.node = False  # decided in control_plane()
+        self.vllm_port = 0
+        self.old_pod: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- output
 
@@ -362,6 +479,7 @@ class Demo:
 
     def control_plane(self) -> None:
         self.step("Local control plane (etcd + kube-apiserver + kube-controller-manager)")
+        self.node = self.use_node()
         if cluster.cluster_running():
             self.note(f"already running (KUBECONFIG={cluster.kubeconfig_path()})")
         else:
@@ -386,6 +504,47 @@ class Demo:
         self.api = cluster.connect(kubeconfig)
         self.on_cleanup("closing the API connection", self.api.close)
         self.kubectl("version", namespaced=False)
+        if self.node:
+            self.note("a real node is up (kubelet + containerd): the backend runs as a pod")
+            self.kubectl("get", "nodes", "-o", "wide", namespaced=False)
+        else:
+            self.note("no node (`make node-up` adds one; NODE=1 makes the demo start it):")
+            self.note("the pod-less demo, a supervised process stands in for the vllm pod")
+
+    def node_live(self) -> bool:
+        script = self.root / "hack" / "node-status.sh"
+        try:
+            result = subprocess.run(
+                [str(script)], capture_output=True, text=True, timeout=60, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return result.returncode == 0
+
+    def use_node(self) -> bool:
+        """The node when one is live; with ``--node`` (NODE=1) start it if it is not."""
+        if self.options.node is False:
+            return False
+        if self.node_live():
+            return True
+        if self.options.node is None:
+            return False
+        script = self.root / "hack" / "node-up.sh"
+        self.note("NODE=1 and no live node: starting one with hack/node-up.sh (root; the first")
+        self.note("time it builds kubelet and kube-scheduler: minutes)")
+        try:
+            code = subprocess.run([str(script)], check=False, timeout=3600).returncode
+        except subprocess.TimeoutExpired as error:
+            raise DemoError(f"{script} did not finish within an hour") from error
+        if code != 0:
+            raise DemoError(f"{script} failed ({code}); see its output above")
+        if not self.options.keep_cluster:
+            down = self.root / "hack" / "node-down.sh"
+            self.on_cleanup(
+                "stopping the node (this demo started it)",
+                lambda: subprocess.run([str(down)], check=False, timeout=600),
+            )
+        return True
 
     def crds_and_namespace(self) -> None:
         self.step("CRDs and the demo namespace")
@@ -407,6 +566,15 @@ class Demo:
         )
         self.fresh_namespace()
         self.on_cleanup(f"deleting namespace {self.ns}", self.delete_namespace)
+        if self.node:
+            self.vllm_port = cluster.free_port()
+            self.note("examples/vllm-deployment.yaml wants a GPU and vllm/vllm-openai from a")
+            self.note("registry; in its place the project's fake vLLM, as a real pod of the app")
+            self.note(f"image, hostNetwork on the bridge address {NODE_BRIDGE_IP}:{self.vllm_port}")
+            self.note("(the node has no cluster DNS for the example's Service name vllm:8000)")
+            deployment = node_vllm_deployment(self.vllm_port)
+            self.kubectl("apply", "-f", "-", input=dump([deployment]))
+            return
         self.kubectl("apply", "-f", str(self.examples / "vllm-deployment.yaml"))
         self.note("(no kubelet runs here: the Deployment's pod stays Pending, and the")
         self.note(" BackendSupervisor runs its stand-in process instead — next step)")
@@ -444,7 +612,92 @@ class Demo:
             raise DemoError(f"namespace {self.ns} not deleted: {result.stderr.strip()}")
 
     def start_backends(self) -> None:
-        self.step("Fake LLM backends (real HTTP servers on 127.0.0.1)")
+        if self.node:
+            self.step("Fake LLM backends: vllm as a pod on the node, the cloud APIs on 127.0.0.1")
+            self.start_node_vllm()
+            started = [
+                (
+                    "vllm",
+                    f"http://{NODE_BRIDGE_IP}:{self.vllm_port}",
+                    "openai protocol, a pod of Deployment vllm",
+                )
+            ]
+        else:
+            self.step("Fake LLM backends (real HTTP servers on 127.0.0.1)")
+            started = self.start_supervised_vllm()
+        for name, kind, suffix in (
+            ("openai", "openai protocol, stands in for api.openai.com", "/v1"),
+            ("anthropic", "anthropic protocol, stands in for api.anthropic.com", ""),
+            ("batch-gateway", "jobs protocol (POST /jobs, GET /jobs/{id})", ""),
+        ):
+            url = self.start_fake(name)
+            self.backends[name] = url + suffix
+            started.append((name, url, kind))
+        FakeBackendControl(self.backends["openai"].removesuffix("/v1")).set(
+            api_key=DEMO_KEYS["openai-key"], models=["gpt-4o-mini"]
+        )
+        FakeBackendControl(self.backends["anthropic"]).set(
+            api_key=DEMO_KEYS["anthropic-key"], models=["claude-3-5-haiku-latest"]
+        )
+        # The jobs gateway lists the model the batch chain asks of it (a List probe checks).
+        FakeBackendControl(self.backends["batch-gateway"]).set(models=["llama-3.1-70b-instruct"])
+        for name, url, kind in started:
+            self.note(f"{name:<14} {url:<24} {kind}")
+        if self.node:
+            self.note("when the Deployment's pod template changes, the kubelet replaces the pod;")
+            self.note(f"once restarted it takes {WARMUP_SECONDS:g}s to 'load its model'.")
+            return
+        assert self.supervisor is not None
+        pid = self.supervisor.pid(self.ns, "vllm")
+        self.note(f"vllm runs under the BackendSupervisor (pid {pid}),")
+        self.note("which restarts it whenever the Deployment's pod template changes, as a kubelet")
+        self.note(f"would; once restarted it takes {WARMUP_SECONDS:g}s to 'load its model'.")
+
+    # ----------------------------------------------------------------- the node's vllm pod
+
+    def vllm_pods(self) -> list[dict[str, Any]]:
+        result = cluster.kubectl(
+            "get", "pods", "-n", self.ns, "-l", "app.kubernetes.io/name=vllm", "-o", "json",
+            check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            return []
+        items: list[dict[str, Any]] = json.loads(result.stdout).get("items") or []
+        return items
+
+    def serving_pod(self) -> dict[str, Any] | None:
+        """The vllm pod that is Running, not being deleted, and answers HTTP."""
+        live = [
+            p
+            for p in self.vllm_pods()
+            if not p["metadata"].get("deletionTimestamp")
+            and (p.get("status") or {}).get("phase") == "Running"
+        ]
+        if len(live) != 1 or len(self.vllm_pods()) != 1:
+            return None
+        return live[0] if self.vllm_answers() else None
+
+    def vllm_answers(self) -> bool:
+        import httpx
+
+        try:
+            reply = httpx.get(f"{self.backends['vllm']}/models", timeout=1, trust_env=False)
+        except httpx.HTTPError:
+            return False
+        return reply.status_code == 200
+
+    def start_node_vllm(self) -> None:
+        self.backends["vllm"] = f"http://{NODE_BRIDGE_IP}:{self.vllm_port}/v1"
+        try:
+            pod = self.wait("the vllm pod Running on the node, answering", self.serving_pod)
+        except DemoError as error:
+            raise DemoError(
+                f"{error}\n  (the pod needs the image {NODE_IMAGE} on the node: `make image`)"
+            ) from error
+        self.kubectl("get", "pods", "-o", "wide")
+        self.note(f"pod {pod['metadata']['name']} (uid {pod['metadata']['uid'][:8]}…) serves")
+
+    def start_supervised_vllm(self) -> list[tuple[str, str, str]]:
         log_dir = self.options.log_dir
         self.supervisor = BackendSupervisor(cluster.kubeconfig_path(), log_dir=log_dir / "backends")
         self.on_cleanup("stopping the supervisor and the vllm backend", self.close_supervisor)
@@ -471,29 +724,7 @@ class Demo:
         except SupervisorError as error:
             raise DemoError(f"the vllm backend did not start: {error}") from error
         self.backends["vllm"] = f"http://127.0.0.1:{port}/v1"
-        started = [("vllm", f"http://127.0.0.1:{port}", "openai protocol, Deployment vllm")]
-        for name, kind, suffix in (
-            ("openai", "openai protocol, stands in for api.openai.com", "/v1"),
-            ("anthropic", "anthropic protocol, stands in for api.anthropic.com", ""),
-            ("batch-gateway", "jobs protocol (POST /jobs, GET /jobs/{id})", ""),
-        ):
-            url = self.start_fake(name)
-            self.backends[name] = url + suffix
-            started.append((name, url, kind))
-        FakeBackendControl(self.backends["openai"].removesuffix("/v1")).set(
-            api_key=DEMO_KEYS["openai-key"], models=["gpt-4o-mini"]
-        )
-        FakeBackendControl(self.backends["anthropic"]).set(
-            api_key=DEMO_KEYS["anthropic-key"], models=["claude-3-5-haiku-latest"]
-        )
-        # The jobs gateway lists the model the batch chain asks of it (a List probe checks).
-        FakeBackendControl(self.backends["batch-gateway"]).set(models=["llama-3.1-70b-instruct"])
-        for name, url, kind in started:
-            self.note(f"{name:<14} {url:<24} {kind}")
-        pid = self.supervisor.pid(self.ns, "vllm")
-        self.note(f"vllm runs under the BackendSupervisor (pid {pid}),")
-        self.note("which restarts it whenever the Deployment's pod template changes, as a kubelet")
-        self.note(f"would; once restarted it takes {WARMUP_SECONDS:g}s to 'load its model'.")
+        return [("vllm", f"http://127.0.0.1:{port}", "openai protocol, Deployment vllm")]
 
     def close_supervisor(self) -> None:
         if self.supervisor is not None:
@@ -632,6 +863,8 @@ class Demo:
     def break_backend(self) -> None:
         self.step("Break the in-cluster backend: vllm answers HTTP 503 to everything")
         self.old_pid = self.supervisor.pid(self.ns, "vllm") if self.supervisor else None
+        if self.node:
+            self.old_pod = self.serving_pod()
         FakeBackendControl(self.backends["vllm"].removesuffix("/v1")).set(mode="error", status=503)
         self.note("vllm now answers 503. A task with delegation allowed arrives at once:")
         task = load_documents(self.examples / "tasks" / "auto.yaml")[0]
@@ -716,6 +949,9 @@ class Demo:
             "-o",
             'jsonpath=pod template annotations: {.spec.template.metadata.annotations}{"\\n"}',
         )
+        if self.node:
+            self.watch_pod_replaced()
+            return
         self.note("the supervisor (playing kubelet) saw the new pod template: restarting vllm")
         assert self.supervisor is not None
         try:
@@ -729,6 +965,59 @@ class Demo:
             f"  ✓ [{self.elapsed():6.1f}s] vllm backend restarted ({restarts} restart, "
             f"pid {self.old_pid} -> {new_pid}), serving again"
         )
+
+    def watch_pod_replaced(self) -> None:
+        """The kubelet at work: the old pod Terminating next to the new one Running."""
+        old = self.old_pod or {}
+        old_uid = (old.get("metadata") or {}).get("uid")
+        self.note("the Deployment controller made a new ReplicaSet; the kubelet stops the old")
+        self.note(
+            f"pod (it drains for {NODE_DRAIN_SECONDS}s after SIGTERM, Terminating) and starts"
+        )
+        self.note("the new one, which waits for the port, then loads its model:")
+
+        shown: set[tuple[tuple[str, str], ...]] = set()
+
+        def summary() -> tuple[tuple[str, str], ...]:
+            return tuple(
+                (
+                    p["metadata"]["name"],
+                    "Terminating"
+                    if p["metadata"].get("deletionTimestamp")
+                    else str((p.get("status") or {}).get("phase")),
+                )
+                for p in self.vllm_pods()
+            )
+
+        def replaced() -> dict[str, Any] | None:
+            # Each new picture of the pods once (kubectl's own output): the old pod
+            # Terminating next to the new one Running, then the new one alone.
+            now = summary()
+            if now and now not in shown:
+                shown.add(now)
+                self.kubectl("get", "pods", "-o", "wide")
+            pod = self.serving_pod()
+            return pod if pod is not None and pod["metadata"]["uid"] != old_uid else None
+
+        new = self.wait("the new vllm pod alone, serving", replaced)
+        if not any(
+            {"Terminating", "Running"} <= {state for _, state in picture} for picture in shown
+        ):
+            self.note("(the old pod was gone before a listing caught it Terminating)")
+        self.say(
+            f"  ✓ [{self.elapsed():6.1f}s] pod {old.get('metadata', {}).get('name')} -> "
+            f"{new['metadata']['name']} (a new pod UID, a new process), serving again"
+        )
+
+    def restarts(self) -> int:
+        """How often chainop restarted the vllm Deployment."""
+        if self.supervisor is not None:
+            return self.supervisor.restarts(self.ns, "vllm")
+        result = cluster.kubectl(
+            "get", "deployment", "vllm", "-n", self.ns, "-o",
+            "jsonpath={.metadata.annotations.chainop\\.dev/restart-history}", check=False,
+        )  # fmt: skip
+        return len([part for part in result.stdout.strip().split(",") if part])
 
     def watch_recovery(self) -> None:
         self.step("Recovery: a recovery probe succeeds, vllm is restored at the head")
@@ -748,8 +1037,7 @@ class Demo:
 
         self.follow("vllm to be restored, Healthy", restored)
         self.say(f"[{self.elapsed():6.1f}s] ✓ restored at its original position, Healthy:")
-        assert self.supervisor is not None
-        restarts = self.supervisor.restarts(self.ns, "vllm")
+        restarts = self.restarts()
         self.note(f"(the vllm Deployment was restarted {restarts} time(s) in all)")
         self.kubectl("get", "pchain", "-o", "wide")
         self.show_provider_states()
@@ -840,6 +1128,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where the operator and backends log (default: .cache/demo/)",
     )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--node",
+        dest="node",
+        action="store_true",
+        default=None,
+        help="run the backend as a pod on the real node, starting it if needed (NODE=1)",
+    )
+    where.add_argument(
+        "--no-node",
+        dest="node",
+        action="store_false",
+        help="the pod-less demo even if a node is up (NODE=0)",
+    )
     parser.add_argument(
         "--wait-timeout",
         type=float,
@@ -863,6 +1165,16 @@ def _unbuffered() -> Iterator[None]:
     yield
 
 
+def _node_from_env() -> bool | None:
+    """NODE=1: the node (started if needed); NODE=0: pod-less; unset: the node if live."""
+    value = os.environ.get("NODE", "").strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; returns the exit code (0 ok, 1 a step failed, 130 interrupted)."""
     args = build_parser().parse_args(argv)
@@ -879,6 +1191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         keep_cluster=args.keep_cluster,
         log_dir=log_dir,
         wait_timeout=args.wait_timeout,
+        node=args.node if args.node is not None else _node_from_env(),
     )
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     with _unbuffered():
