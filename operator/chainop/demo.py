@@ -1005,8 +1005,9 @@ class Demo:
         ):
             self.note("(the old pod was gone before a listing caught it Terminating)")
         self.say(
-            f"  ✓ [{self.elapsed():6.1f}s] pod {old.get('metadata', {}).get('name')} -> "
-            f"{new['metadata']['name']} (a new pod UID, a new process), serving again"
+            f"  ✓ [{self.elapsed():6.1f}s] vllm backend restarted by the kubelet (pod "
+            f"{old.get('metadata', {}).get('name')} -> {new['metadata']['name']}: a new pod "
+            "UID, a new process), serving again"
         )
 
     def restarts(self) -> int:

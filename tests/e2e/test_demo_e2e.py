@@ -35,7 +35,9 @@ def demo_namespace(kube_api: KubeApi) -> str:
 def test_demo_shows_every_step_and_leaves_nothing_behind(
     kube_api: KubeApi, kubeconfig: Path, demo_namespace: str, tmp_path: Path
 ) -> None:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # NODE=0: this test is the pod-less demo's, even where a node is up (make test);
+    # tests/node/test_demo_node.py runs the demo on the node.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", NODE="0")
     result = subprocess.run(
         [
             sys.executable,
