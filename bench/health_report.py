@@ -27,6 +27,20 @@ def _header(data: dict[str, Any], where: str) -> list[str]:
     ]
 
 
+def _cpu(quantity: Any) -> float:
+    text = str(quantity)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def _mib(quantity: Any) -> float:
+    text = str(quantity)
+    units = {"Ki": 1 / 1024, "Mi": 1.0, "Gi": 1024.0}
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * factor
+    return float(text) / (1024 * 1024)
+
+
 def render_health(data: dict[str, Any]) -> list[str]:
     s = data["settings"]
     probe = s["probe"]
@@ -139,13 +153,17 @@ def render_node(data: dict[str, Any]) -> list[str]:
             "restarted in place s | → restored s |",
             "|---|---:|---:|---:|---:|---:|",
         ]
+        notes = []
         for r in heal:
+            if r.get("note"):
+                notes.append(f"- {r['kind']}: {r['note']}")
             out.append(
                 f"| {r['kind']} | {_v(r.get('to_excluded_s'))} | {_v(r.get('to_patched_s'))} | "
                 f"{_v(r.get('to_new_pod_ready_s'))} | {_v(r.get('to_container_restarted_s'))} "
                 f"| {_v(r.get('to_restored_s'))} |"
             )
         out += [
+            *(["", *notes] if notes else []),
             "",
             "*killed* on a node is the kubelet's job, not chainop's: the container is "
             "restarted in place (same pod, `restartCount` + 1) about a second later, usually "
@@ -203,6 +221,22 @@ def render_node(data: dict[str, Any]) -> list[str]:
                 f"{req.get('memory')} / {lim.get('memory')} (cgroup limit {p['limit_mib']} MiB) "
                 f"| {p['throttled_periods']} |"
             )
+        for p in sc.get("pods", {}).values():
+            if not p["leader"]:
+                continue
+            cpu_req, cpu_lim = _cpu(req.get("cpu")), _cpu(lim.get("cpu"))
+            mem_req, mem_lim = _mib(req.get("memory")), _mib(lim.get("memory"))
+            cpu, mem = p["cpu_millicores"] / 1000, p["working_set_mib_max"]
+            out += [
+                "",
+                f"The leading replica at {sc['chains']:,} chains: CPU {p['cpu_millicores']}m = "
+                f"{cpu / cpu_req:.1f}× its request ({req.get('cpu')}), {100 * cpu / cpu_lim:.0f} % "
+                f"of its limit ({lim.get('cpu')}): within the limit "
+                f"{_ok(cpu <= cpu_lim)}, within the request {_ok(cpu <= cpu_req)}; working set "
+                f"{mem} MiB = {mem / mem_req:.2f}× its request ({req.get('memory')}), "
+                f"{100 * mem / mem_lim:.0f} % of its limit ({lim.get('memory')}): within the "
+                f"limit {_ok(mem <= mem_lim)}, within the request {_ok(mem <= mem_req)}.",
+            ]
         idle = sc.get("idle") or {}
         if idle:
             out += [

@@ -185,7 +185,7 @@ def healing(release: nk.Release, ns: str, url: str) -> list[dict[str, Any]]:
         )
         time.sleep(1.3)
         old_uid = nk.ready_pod_uid(ns, "vllm")
-        restarts0 = _container_restarts(ns)
+        restarts0 = _container_restarts(ns, old_uid)
         patch0 = _restarted_at(ns)
         t0 = time.monotonic()
         if kind == "hung engine":
@@ -208,7 +208,8 @@ def healing(release: nk.Release, ns: str, url: str) -> list[dict[str, Any]]:
             uid = nk.ready_pod_uid(ns, "vllm")
             if "new_pod_ready" not in seen and uid not in (None, old_uid):
                 seen["new_pod_ready"] = now
-            if "container_restarted" not in seen and _container_restarts(ns) > restarts0:
+            in_place = _container_restarts(ns, old_uid)
+            if "container_restarted" not in seen and in_place > restarts0:
                 seen["container_restarted"] = now  # the kubelet, in place (killed)
             if state == "Healthy" and ("new_pod_ready" in seen or "container_restarted" in seen):
                 seen["restored"] = now
@@ -228,11 +229,16 @@ def healing(release: nk.Release, ns: str, url: str) -> list[dict[str, Any]]:
     return runs
 
 
-def _container_restarts(ns: str) -> int:
-    """restartCount of the Ready vllm pod's container (the kubelet's in-place restarts)."""
-    for pod in nk.running_pods(ns, "vllm"):
-        return int(((pod["status"].get("containerStatuses") or [{}])[0]).get("restartCount") or 0)
-    return 0
+def _container_restarts(ns: str, uid: str | None = None) -> int:
+    """restartCount of a vllm pod's container (the kubelet's in-place restarts): of the pod
+    ``uid``, else the highest of the pods not being deleted."""
+    counts = [
+        int(((pod["status"].get("containerStatuses") or [{}])[0]).get("restartCount") or 0)
+        for pod in nk.get_json("pods", "-n", ns, "-l", "app=vllm")["items"]
+        if (uid is None or pod["metadata"]["uid"] == uid)
+        and not pod["metadata"].get("deletionTimestamp")
+    ]
+    return max(counts, default=0)
 
 
 def _restarted_at(ns: str) -> str | None:
