@@ -69,7 +69,7 @@ chart-test: ## the chart's unit tests and its install on the local control plane
 	.venv/bin/pytest tests/unit/test_chart.py tests/e2e/test_helm_e2e.py
 
 .PHONY: bench
-bench: install ## benchmarks vs raw httpx and LiteLLM (issue 7): writes docs/benchmarks.md (ARGS=--quick)
+bench: install ## benchmarks (issue 7 vs httpx and LiteLLM; issue 11 failure kinds; issue 13 on the node when one is up): writes docs/benchmarks.md (ARGS=--quick, ARGS="health node")
 	.venv/bin/pip install --quiet -e '.[bench]'
 	.venv/bin/python -m bench $(ARGS)
 
