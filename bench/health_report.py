@@ -112,6 +112,13 @@ def render_node(data: dict[str, Any]) -> list[str]:
             f"({data['skipped']}). `make node-up` (root) starts one.",
             "",
         ]
+    later = data.get("skipped_later")
+    if later:
+        out += [
+            f"*`{later['command']}` on {later['date']} skipped this part ({later['reason']}); "
+            "the figures below are from the last run that had a node.*",
+            "",
+        ]
     chart = data.get("chart", {})
     res = chart.get("resources") or {}
     req, lim = res.get("requests", {}), res.get("limits", {})

@@ -322,6 +322,16 @@ def main(argv: list[str] | None = None) -> None:
             section["command"] = command
             section["elapsed_seconds"] = round(time.monotonic() - section_started, 1)
             section.setdefault("loadavg_at_end", [round(x, 2) for x in os.getloadavg()])
+            earlier = previous.get(name) or {}
+            if "skipped" in section and earlier and "skipped" not in earlier:
+                # No node this time: keep the last measured figures, and say so.
+                earlier = dict(earlier)
+                earlier["skipped_later"] = {
+                    "reason": section["skipped"],
+                    "command": command,
+                    "date": section["machine"]["date"],
+                }
+                section = earlier
             data[name] = section
             # Kept even if a later part fails: the figures of a long run are not lost.
             partial = Path(tempfile.gettempdir()) / f"chainop-bench-{name}.json"
