@@ -88,6 +88,7 @@ def test_operator_pod_on_the_node(node: Node, namespaces: tuple[str, str], tmp_p
     api = cluster_helpers.connect(node.kubeconfig)
     kit = Kit(api, watched)
     lines: list[str] = []
+    problems: list[str] = []
     installed = False
     stack = contextlib.ExitStack()
     try:
@@ -237,18 +238,19 @@ def test_operator_pod_on_the_node(node: Node, namespaces: tuple[str, str], tmp_p
                 for line in old_log.read_text().splitlines()
                 if any(name in line for name in failed) or re.search(r"(?i)stop|shut|signal", line)
             ]
-            pytest.fail(
+            # Recorded, and the uninstall checks still run; the test fails at the end.
+            problems.append(
                 f"{len(failed)} of {BURST} tasks failed across the upgrade: {failed}\n"
                 f"old operator pod {pod['metadata']['name']}, its log about them and its "
-                "shutdown:\n" + "\n".join(about[-40:]),
-                pytrace=False,
+                "shutdown:\n" + "\n".join(about[-40:])
             )
         _, stats = onnode.http("GET", f"{url}/_stats")
         calls = json.loads(stats)["requests"].get("openai", 0) if stats.startswith("{") else "?"
         lines.append(
             f"helm upgrade --wait during a burst of {BURST} tasks: {upgrade_seconds:.1f} s, pod "
-            f"{pod['metadata']['name']} -> {new_pod['metadata']['name']}; {BURST}/{BURST} "
-            f"Succeeded (the backend got {calls} chat calls for the {BURST + 1} tasks)"
+            f"{pod['metadata']['name']} -> {new_pod['metadata']['name']}; "
+            f"{BURST - len(failed)}/{BURST} Succeeded (the backend got {calls} chat calls "
+            f"for the {BURST + 1} tasks)"
         )
 
         # 6. helm uninstall leaves nothing of chainop's but the CRDs.
@@ -315,6 +317,8 @@ def test_operator_pod_on_the_node(node: Node, namespaces: tuple[str, str], tmp_p
             + ", ".join(what for what, _ in checks)
             + "; the CRDs stay"
         )
+        if problems:
+            pytest.fail("\n\n".join(problems), pytrace=False)
     finally:
         if installed:
             (tmp_path / "operator.log").write_text(onnode.operator_log(node, release, release_ns))
