@@ -22,7 +22,12 @@ their own, serving one test namespace; the fake vLLM runs there as a real Deploy
 * what the kubelet did with the SIGKILLed container (restarted in place under the same pod
   name, or not before the deletion) is recorded and printed;
 * the tasks created right after the kill all succeed, on the surviving replicas;
-* the replica in charge afterwards self-heals: the fake vLLM's engine hangs
+* the same kill without the delete: the kubelet restarts the container in place (same pod
+  name, so the same peering identity) and a replica leads within the same bound;
+* the pure worst case, as on node loss: kill + delete while a ResourceQuota of one pod
+  keeps the ReplicaSet from replacing it; the survivor alone takes over, only after the
+  dead record expired (its own log), within the bound;
+* the replica in charge self-heals: the fake vLLM's engine hangs
   (``hung_engine``), the Generate probe sees it, chainop patches the Deployment, the
   kubelet replaces the pod (new UID), the provider is Healthy again; exactly one restart,
   by the leader.
@@ -150,10 +155,39 @@ class Takeover:
 
 
 def kill_and_measure(
-    release: nk.Release, ns: str, active: str, standby: str, *, delete: bool, tag: str
+    release: nk.Release,
+    ns: str,
+    active: str,
+    standby: str,
+    *,
+    delete: bool,
+    tag: str,
+    no_replacement: bool = False,
 ) -> Takeover:
     """SIGKILL the active replica right after its renewal (``delete``: and delete its pod);
-    wait for a live replica to lead and probe; tasks created meanwhile must succeed."""
+    wait for a live replica to lead and probe; tasks created meanwhile must succeed.
+
+    ``no_replacement``: a ResourceQuota of one pod in the release's namespace keeps the
+    ReplicaSet from replacing the deleted pod — as on node loss, nobody but the survivor
+    is left, and it must wait out the dead record (the pure worst case)."""
+    if no_replacement:
+        quota = {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"name": "one-pod"},
+            "spec": {"hard": {"pods": "1"}},
+        }
+        nk.apply(quota, release.namespace)
+        nk.wait_until(
+            lambda: (
+                nk.get_json("resourcequota", "-n", release.namespace, "one-pod")
+                .get("status", {})
+                .get("used", {})
+                .get("pods")
+            ),
+            timeout=30,
+            what="the quota's usage computed",
+        )
     pid = nk.host_pid(active)
     assert pid is not None, f"no host process with POD_ID={active}"
     before = nk.lastseen(ns, release.peering, active)
@@ -244,7 +278,11 @@ def kill_and_measure(
             "--timeout=120s", timeout=130,
         )  # fmt: skip
     return Takeover(
-        kind="kill + delete pod" if delete else "kill only",
+        kind="kill + delete pod, no replacement (quota)"
+        if no_replacement
+        else "kill + delete pod"
+        if delete
+        else "kill only",
         pid=pid,
         renewal_to_kill=killed_at - renewed,
         active=active_at - renewed,
@@ -334,6 +372,17 @@ def test_operator_failover_on_the_node(
     assert gained.get(hung_active) == 1, gained
     assert sum(gained.values()) == 1, gained
 
+    # 5. The pure worst case (node loss): no restart in place, no replacement pod.
+    active, standby = one_leader(release, ns)
+    rounds.append(
+        kill_and_measure(
+            release, ns, active, standby, delete=True, tag="alone", no_replacement=True
+        )
+    )
+    assert rounds[-1].by == standby, rounds[-1]
+    assert not rounds[-1].record_rewritten, rounds[-1]
+    assert len(release.pods()) == 1, [p["metadata"]["name"] for p in release.pods()]
+
     lines = [
         f"helm install --wait (2 replicas) {install_s:.1f} s; one leader; leadership errors 0; "
         f"can-i get kopfpeerings: yes; lifetime {LIFETIME} s, bound {BOUND:.1f} s"
@@ -343,8 +392,8 @@ def test_operator_failover_on_the_node(
             f"{r.kind}: pid {r.pid} killed {r.renewal_to_kill:.2f} s after its renewal; "
             f"active {r.active:.2f} s, first probe {r.probed:.2f} s after that renewal "
             f"({r.kill_to_probe:.2f} s after the kill) by {r.by} ({r.by_what}); killed "
-            f"container restartCount {r.restart_count}; its peering record rewritten: "
-            f"{r.record_rewritten}; {r.tasks} tasks created after the kill Succeeded"
+            f"pod's container restartCount (as last seen) {r.restart_count}; its peering "
+            f"record rewritten: {r.record_rewritten}; {r.tasks} tasks made after the kill Succeeded"
         )
     lines.append(
         f"self-healing by {hung_active}: hung engine → benched {benched_s:.1f} s, → new pod "
