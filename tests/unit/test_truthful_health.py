@@ -537,7 +537,19 @@ def test_running_or_terminating_pods_are_no_problem() -> None:
     assert (
         healing.pod_problem([_pod("a", None), _pod("b", "CrashLoopBackOff", deleting=True)]) is None
     )
-    assert healing.pod_problem([_pod("c", "ContainerCreating")]) is None
+    fresh = {
+        "metadata": {"name": "c"},
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "server",
+                    "restartCount": 0,
+                    "state": {"waiting": {"reason": "ContainerCreating"}},
+                }
+            ]
+        },
+    }
+    assert healing.pod_problem([fresh]) is None
 
 
 def test_a_bound_on_a_parameter_is_a_bad_request_not_a_capability() -> None:
@@ -571,3 +583,32 @@ def test_any_error_reply_gets_a_class_and_a_short_one_line_message(
     assert len(error.message) <= 220
     delay = getattr(error, "retry_after", None)
     assert delay is None or delay >= 0
+
+
+def test_a_container_exiting_non_zero_again_is_a_crash_loop_before_the_kubelet_says_so() -> None:
+    pod = {
+        "metadata": {"name": "vllm-2"},
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "server",
+                    "ready": False,
+                    "restartCount": 2,
+                    "state": {"terminated": {"exitCode": 1, "reason": "Error"}},
+                }
+            ]
+        },
+    }
+    problem = healing.pod_problem([pod])
+    assert problem is not None
+    assert problem.reason == "CrashLoopBackOff"
+    assert "last exit code 1 (Error)" in problem.message
+    first_start = {
+        "metadata": {"name": "vllm-3"},
+        "status": {
+            "containerStatuses": [
+                {"name": "server", "ready": False, "restartCount": 0, "state": {"running": {}}}
+            ]
+        },
+    }
+    assert healing.pod_problem([first_start]) is None

@@ -185,7 +185,11 @@ def pod_problem(pods: Sequence[Mapping[str, Any]]) -> PodProblem | None:
     """The first pod of a backend whose container is stuck, or None. Purely computational.
 
     ``pods`` are Pod objects as the API serves them (dicts). A pod being deleted is the
-    old one of a restart and is ignored.
+    old one of a restart and is ignored. Stuck means a waiting reason a restart cannot fix
+    (CrashLoopBackOff, ImagePullBackOff, ...) — or a container that is not ready and
+    exited with a non-zero code (now, or before the kubelet restarted it): a real kubelet
+    (v1.36, seen on a node) shows a crash-looping container as ``terminated`` (Error,
+    exit 1) for most of each back-off and says ``waiting: CrashLoopBackOff`` only late.
     """
     for pod in pods:
         metadata = pod.get("metadata") or {}
@@ -193,12 +197,27 @@ def pod_problem(pods: Sequence[Mapping[str, Any]]) -> PodProblem | None:
             continue
         statuses = (pod.get("status") or {}).get("containerStatuses") or []
         for container in statuses:
-            waiting = ((container.get("state") or {}).get("waiting")) or {}
+            state = container.get("state") or {}
+            waiting = state.get("waiting") or {}
             reason = waiting.get("reason")
-            if reason not in POD_PROBLEMS:
+            restarts = int(container.get("restartCount") or 0)
+            last = (state.get("terminated") or {}) or (
+                (container.get("lastState") or {}).get("terminated") or {}
+            )
+            # A container of a Deployment (restartPolicy Always) that exited non-zero is
+            # restarted by the kubelet itself; a new ReplicaSet would crash the same way.
+            crashed = (
+                not container.get("ready")
+                and (restarts >= 1 or "terminated" in state)
+                and last.get("exitCode") not in (None, 0)
+                and "running" not in state
+            )
+            if reason in POD_PROBLEMS:
+                pass
+            elif crashed:
+                reason = "CrashLoopBackOff"
+            else:
                 continue
-            restarts = container.get("restartCount", 0)
-            last = ((container.get("lastState") or {}).get("terminated")) or {}
             ended = ""
             if last:
                 ended = f"; last exit code {last.get('exitCode')}"

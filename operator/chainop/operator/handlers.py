@@ -93,7 +93,11 @@ async def leadership_probe(memo: kopf.Memo, **_: Any) -> dict[str, Any] | None:
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    """Stop background work and close the shared HTTP client."""
+    """Stop background work and close the shared HTTP client — tasks first: a provider
+    call cut by closing the client must never be written as the provider's failure."""
+    runner: TaskRunner | None = memo.get("tasks")
+    if runner is not None:
+        await runner.close()
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
         await runtime.close()

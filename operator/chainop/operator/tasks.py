@@ -51,6 +51,8 @@ TERMINAL = (TaskPhase.SUCCEEDED, TaskPhase.FAILED)
 FINAL_WRITE_PATIENCE = 600.0
 #: Pause before a task whose execution crashed is tried again.
 CRASH_RETRY_SECONDS = 5.0
+#: Seconds a stopping operator lets tasks in flight finish before it abandons them.
+SHUTDOWN_DRAIN_SECONDS = 5.0
 #: How many finished task uids to remember (stale-event guard).
 FINISHED_MEMORY = 100_000
 
@@ -197,7 +199,37 @@ class TaskRunner:
         self.finished: OrderedDict[str, None] = OrderedDict()
         self.rerun: dict[str, dict[str, Any]] = {}
         self.slots = asyncio.Semaphore(self.config.max_concurrent_tasks)
+        #: Set when the operator stops: no new executions, no final writes of abandoned ones.
+        self.stopping = False
         runtime.on_chain_ready = self.chain_ready
+
+    async def close(self, *, drain: float = SHUTDOWN_DRAIN_SECONDS) -> None:
+        """Stop taking tasks; let those in flight finish for ``drain`` seconds, then
+        abandon the rest without writing anything.
+
+        Must run before the HTTP client and the API thread pool close: a call cut by our
+        own shutdown is not the provider's failure, and writing it as one would fail the
+        task (seen on a real node: a task lost to every ``helm upgrade``). An abandoned
+        task keeps its Pending/Running status, which is what the next operator process
+        resumes from (jobs with the same idempotency key, so nothing is submitted twice).
+        """
+        self.stopping = True
+        for timers in (self.ttl_timers, self.deadline_timers):
+            for handle in timers.values():
+                handle.cancel()
+            timers.clear()
+        running = list(self.in_flight.values())
+        if not running:
+            return
+        done, pending = await asyncio.wait(running, timeout=drain)
+        log.info(
+            "stopping: %d task(s) finished during the drain, %d left for the next operator",
+            len(done),
+            len(pending),
+        )
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     # ----------------------------------------------------------------- events
 
@@ -217,7 +249,9 @@ class TaskRunner:
         self.start(body)
 
     def start(self, body: dict[str, Any]) -> None:
-        """Execute a task in the background."""
+        """Execute a task in the background (not once the operator is stopping)."""
+        if self.stopping:
+            return
         uid = str(body["metadata"].get("uid", ""))
         task = asyncio.ensure_future(self.run(body))
         self.in_flight[uid] = task
@@ -226,6 +260,8 @@ class TaskRunner:
     def _done(self, uid: str, body: dict[str, Any], task: asyncio.Task[None]) -> None:
         if self.in_flight.get(uid) is task:
             del self.in_flight[uid]
+        if self.stopping:
+            return
         if not task.cancelled() and task.exception() is not None:
             # A bug or an unforeseen error: never leave the task stuck; try it again from
             # its status (resumable by design) after a pause.
