@@ -62,6 +62,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from chainop import demo_llama
 from chainop.core.models import GROUP, VERSION
 from chainop.testing import cluster
 from chainop.testing.cluster import ClusterError, KubeApi, ProcessRunner
@@ -73,7 +74,7 @@ __all__ = ["DemoError", "Options", "build_parser", "demo_chain", "main"]
 T = TypeVar("T")
 
 DEMO_LABEL = "chainop.dev/demo"
-STEPS = 11
+STEPS = 12
 
 #: Health settings of the demo chains: the examples' values, shortened to seconds.
 DEMO_HEALTH: dict[str, Any] = {
@@ -434,6 +435,7 @@ class Demo:
             self.watch_exclusion()
             self.watch_restart()
             self.watch_recovery()
+            demo_llama.real_model_server(self)
             self.show_events()
             self.say(f"\n[{self.elapsed():6.1f}s] demo complete: every step shown above.")
         except DemoError as error:

@@ -94,8 +94,11 @@ def real_model_server(demo: Demo) -> None:
     }
     demo.kubectl("apply", "-f", "-", input=json.dumps(chain))
     demo.wait(
-        "llama Healthy by its Generate probe",
-        lambda: demo.provider(CHAIN, "llama").get("lastProbeLatencyMs") is not None,
+        f"chain {CHAIN} Ready",
+        lambda: any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in demo.chain_status(CHAIN).get("conditions") or []
+        ),
     )
     demo.kubectl("apply", "-f", "-", input=_task("llama-short", SHORT))
     long_prompt = " ".join(f"word{i}" for i in range(LONG_WORDS))
