@@ -507,6 +507,7 @@ def _pod(name: str, waiting: str | None, *, deleting: bool = False) -> dict[str,
             "containerStatuses": [
                 {
                     "name": "server",
+                    "ready": waiting is None,
                     "restartCount": 4,
                     "state": state,
                     "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}},
@@ -550,6 +551,23 @@ def test_running_or_terminating_pods_are_no_problem() -> None:
         },
     }
     assert healing.pod_problem([fresh]) is None
+    between_crashes = {
+        "metadata": {"name": "d"},
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "server",
+                    "ready": False,
+                    "restartCount": 3,
+                    "state": {"running": {}},
+                    "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}},
+                }
+            ]
+        },
+    }
+    looping = healing.pod_problem([between_crashes])
+    assert looping is not None
+    assert looping.reason == "CrashLoopBackOff"
 
 
 def test_a_bound_on_a_parameter_is_a_bad_request_not_a_capability() -> None:

@@ -60,14 +60,18 @@ def recovery_due(health: ProviderHealth, *, now: float) -> bool:
 def recovery_failed(
     health: ProviderHealth, *, now: float, recovery: RecoverySpec, error: str
 ) -> ProviderHealth:
-    """A recovery probe failed: back off (doubling, capped) and try again later."""
+    """A recovery probe failed: back off (doubling, capped) and try again later.
+
+    While the backend's pod cannot run (a crash loop), ``lastError`` keeps saying so: the
+    probe's "cannot connect" is only a consequence of it.
+    """
     attempts = health.recovery_attempts + 1
     return replace(
         health,
         recovery_attempts=attempts,
         next_recovery_time=now + recovery_delay(recovery, attempts=attempts),
         last_probe_time=now,
-        last_error=error,
+        last_error=health.last_error if health.reason in POD_REASONS else error,
     )
 
 
@@ -187,7 +191,8 @@ def pod_problem(pods: Sequence[Mapping[str, Any]]) -> PodProblem | None:
     ``pods`` are Pod objects as the API serves them (dicts). A pod being deleted is the
     old one of a restart and is ignored. Stuck means a waiting reason a restart cannot fix
     (CrashLoopBackOff, ImagePullBackOff, ...) — or a container that is not ready and
-    exited with a non-zero code (now, or before the kubelet restarted it): a real kubelet
+    exited with a non-zero code (now, or before the kubelet restarted it, even if it is
+    briefly running again between two crashes): a real kubelet
     (v1.36, seen on a node) shows a crash-looping container as ``terminated`` (Error,
     exit 1) for most of each back-off and says ``waiting: CrashLoopBackOff`` only late.
     """
@@ -210,7 +215,6 @@ def pod_problem(pods: Sequence[Mapping[str, Any]]) -> PodProblem | None:
                 not container.get("ready")
                 and (restarts >= 1 or "terminated" in state)
                 and last.get("exitCode") not in (None, 0)
-                and "running" not in state
             )
             if reason in POD_PROBLEMS:
                 pass

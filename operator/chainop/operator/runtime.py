@@ -711,7 +711,7 @@ class Runtime:
         )
 
     async def inspect_backend(
-        self, runtime: ChainRuntime, provider: ProviderSpec, *, now: float
+        self, runtime: ChainRuntime, provider: ProviderSpec, *, now: float, force: bool = False
     ) -> None:
         """Look at the pods of a failing provider's backend (at most every 5 s per
         Deployment): a container in CrashLoopBackOff (or ImagePullBackOff, ...) is
@@ -722,7 +722,7 @@ class Runtime:
             return
         deployment = provider.backend.deployment
         key = (runtime.namespace, deployment)
-        if now - self._pods_seen.get(key, 0.0) < 5.0:
+        if not force and now - self._pods_seen.get(key, 0.0) < 5.0:
             return
         self._pods_seen[key] = now
         try:
@@ -798,6 +798,11 @@ class Runtime:
             and now - health.last_restart_time < healing_spec.restart_grace_seconds
         ):
             return  # our own restart is under way: no need to ask the API server again
+        # Look at the pods right before ordering a restart: a crash loop is the kubelet's
+        # to retry, and a new ReplicaSet would crash the same way.
+        await self.inspect_backend(runtime, provider, now=now, force=True)
+        if not self.restart_wanted(spec, provider, board.get(provider.name)):
+            return
         try:
             outcome = await self.restarts.request(
                 runtime.namespace,
