@@ -603,6 +603,7 @@ def healing(args: Any, logs: Path) -> dict[str, Any]:
             },
         )
         command = [PY, "-m", "chainop.testing.fake_backend", "--port", str(port), "--name", "vllm"]
+        command += ["--served-model-name", "m"]  # the chain's model: List probes check it
         sup.bind(ns, "vllm", command, port)
         custom(api_client).create_namespaced_custom_object(
             GROUP,
