@@ -569,7 +569,7 @@ def throughput(args: Any, logs: Path) -> dict[str, Any]:
 def healing(args: Any, logs: Path) -> dict[str, Any]:
     """Item 4: killed / broken backend → excluded → restarted → restored."""
     from chainop.testing.fake_backend import FakeBackendControl, FakeBackendThread
-    from chainop.testing.supervisor import BackendSupervisor
+    from chainop.testing.supervisor import STAND_IN_NODE_SELECTOR, BackendSupervisor
 
     probe = {"intervalSeconds": args.probe_interval, "timeoutSeconds": 1, "unhealthyThreshold": 3}
     recovery = {"initialSeconds": args.recovery, "maxSeconds": args.recovery * 4}
@@ -597,7 +597,10 @@ def healing(args: Any, logs: Path) -> dict[str, Any]:
                     "selector": {"matchLabels": labels},
                     "template": {
                         "metadata": {"labels": labels},
-                        "spec": {"containers": [{"name": "s", "image": "vllm/vllm-openai"}]},
+                        "spec": {
+                            "containers": [{"name": "s", "image": "vllm/vllm-openai"}],
+                            "nodeSelector": STAND_IN_NODE_SELECTOR,  # the supervisor runs it
+                        },
                     },
                 },
             },

@@ -67,7 +67,7 @@ from chainop.core.models import GROUP, VERSION
 from chainop.testing import cluster
 from chainop.testing.cluster import ClusterError, KubeApi, ProcessRunner
 from chainop.testing.fake_backend import FakeBackendControl
-from chainop.testing.supervisor import BackendSupervisor, SupervisorError
+from chainop.testing.supervisor import BackendSupervisor, SupervisorError, stand_in
 
 __all__ = ["DemoError", "Options", "build_parser", "demo_chain", "main"]
 
@@ -577,9 +577,13 @@ class Demo:
             deployment = node_vllm_deployment(self.vllm_port)
             self.kubectl("apply", "-f", "-", input=dump([deployment]))
             return
-        self.kubectl("apply", "-f", str(self.examples / "vllm-deployment.yaml"))
-        self.note("(no kubelet runs here: the Deployment's pod stays Pending, and the")
-        self.note(" BackendSupervisor runs its stand-in process instead — next step)")
+        docs = load_documents(self.examples / "vllm-deployment.yaml")
+        docs = [stand_in(doc) if doc.get("kind") == "Deployment" else doc for doc in docs]
+        self.note("examples/vllm-deployment.yaml, its pod pinned to no node (a nodeSelector")
+        self.note("no node has), so that it stays Pending even if a node is up:")
+        self.kubectl("apply", "-f", "-", input=dump(docs))
+        self.note("(no kubelet runs it: the BackendSupervisor runs its stand-in process")
+        self.note(" instead — next step)")
 
     def fresh_namespace(self) -> None:
         found = cluster.kubectl("get", "namespace", self.ns, "-o", "json", check=False)

@@ -10,6 +10,7 @@ from kubernetes import client
 
 from chainop.core.models import GROUP, VERSION
 from chainop.testing.cluster import KubeApi
+from chainop.testing.supervisor import STAND_IN_NODE_SELECTOR
 
 CHAINS = "providerchains"
 TASKS = "delegatedtasks"
@@ -99,7 +100,11 @@ class Kit:
                     "selector": {"matchLabels": labels},
                     "template": {
                         "metadata": {"labels": labels},
-                        "spec": {"containers": [{"name": "server", "image": "vllm/vllm-openai"}]},
+                        "spec": {
+                            "containers": [{"name": "server", "image": "vllm/vllm-openai"}],
+                            # Pending even with a real node up: the supervisor runs it.
+                            "nodeSelector": STAND_IN_NODE_SELECTOR,
+                        },
                     },
                 },
             },

@@ -31,7 +31,7 @@ import yaml
 from kubernetes import client
 
 from chainop.testing.cluster import KubeApi, ProcessRunner, free_port, kubectl
-from chainop.testing.supervisor import BackendSupervisor
+from chainop.testing.supervisor import STAND_IN_NODE_SELECTOR, BackendSupervisor
 
 pytestmark = pytest.mark.cluster
 
@@ -163,7 +163,8 @@ def create_deployment(kube_api: KubeApi, namespace: str, name: str) -> None:
                 template=client.V1PodTemplateSpec(
                     metadata=client.V1ObjectMeta(labels=labels),
                     spec=client.V1PodSpec(
-                        containers=[client.V1Container(name="backend", image="example.invalid/b:1")]
+                        containers=[client.V1Container(name="backend", image="example.invalid/b:1")],
+                        node_selector=STAND_IN_NODE_SELECTOR,  # Pending even with a node up
                     ),
                 ),
             ),

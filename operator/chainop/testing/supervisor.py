@@ -44,7 +44,22 @@ from kubernetes import client, config, watch
 
 from chainop.testing import cluster
 
-__all__ = ["BackendSupervisor", "SupervisorError"]
+__all__ = ["STAND_IN_NODE_SELECTOR", "BackendSupervisor", "SupervisorError", "stand_in"]
+
+#: A node selector no node has: the pods of a Deployment whose process the supervisor
+#: runs must stay Pending even when a real node is up (a kubelet would otherwise try to
+#: run their placeholder image, and chainop would rightly see ImagePullBackOff).
+STAND_IN_NODE_SELECTOR = {"chainop.dev/stand-in": "backend-supervisor"}
+
+
+def stand_in(deployment: dict[str, Any]) -> dict[str, Any]:
+    """``deployment`` (a dict) with :data:`STAND_IN_NODE_SELECTOR` in its pod template."""
+    spec = deployment.setdefault("spec", {})
+    template = spec.setdefault("template", {})
+    pod_spec = template.setdefault("spec", {})
+    pod_spec["nodeSelector"] = {**(pod_spec.get("nodeSelector") or {}), **STAND_IN_NODE_SELECTOR}
+    return deployment
+
 
 logger = logging.getLogger(__name__)
 
