@@ -163,7 +163,9 @@ def create_deployment(kube_api: KubeApi, namespace: str, name: str) -> None:
                 template=client.V1PodTemplateSpec(
                     metadata=client.V1ObjectMeta(labels=labels),
                     spec=client.V1PodSpec(
-                        containers=[client.V1Container(name="backend", image="example.invalid/b:1")],
+                        containers=[
+                            client.V1Container(name="backend", image="example.invalid/b:1")
+                        ],
                         node_selector=STAND_IN_NODE_SELECTOR,  # Pending even with a node up
                     ),
                 ),
