@@ -171,11 +171,6 @@ def note_restart(health: ProviderHealth, *, now: float) -> ProviderHealth:
 
 # --------------------------------------------------------------------------- backend pods
 
-#: Container waiting reasons that a restart of the Deployment cannot fix: the kubelet is
-#: already restarting (or failing to start) the container, and a new ReplicaSet would
-#: crash, or fail to pull, exactly the same way.
-POD_PROBLEMS = POD_REASONS
-
 
 @dataclass(frozen=True, slots=True)
 class PodProblem:
@@ -216,12 +211,10 @@ def pod_problem(pods: Sequence[Mapping[str, Any]]) -> PodProblem | None:
                 and (restarts >= 1 or "terminated" in state)
                 and last.get("exitCode") not in (None, 0)
             )
-            if reason in POD_PROBLEMS:
-                pass
-            elif crashed:
+            if reason not in POD_REASONS:
+                if not crashed:
+                    continue
                 reason = "CrashLoopBackOff"
-            else:
-                continue
             ended = ""
             if last:
                 ended = f"; last exit code {last.get('exitCode')}"

@@ -44,9 +44,10 @@ QUOTA_EXHAUSTED = "QuotaExhausted"
 RATE_LIMITED = "RateLimited"
 PROBE_FAILED = "ProbeFailed"
 FAILING = "Failing"
-LOADING = "Loading"
 SLOW = "Slow"
-#: Reasons the kubelet gives for a backend pod that cannot run (see healing.pod_problem).
+#: Reasons the kubelet gives for a backend pod that cannot run (see healing.pod_problem):
+#: the kubelet is already retrying (or failing to start) the container, and a new
+#: ReplicaSet would crash, or fail to pull, the same way.
 POD_REASONS = frozenset(
     {
         "CrashLoopBackOff",
@@ -198,7 +199,8 @@ def record_failure(
     deadline = now + seconds
     if health.cooldown_until is not None and health.cooldown_until > deadline:
         deadline = health.cooldown_until  # the later deadline wins
-    reason = RATE_LIMITED if retry_after is not None else FAILING
+    # FAILING and PROBE_FAILED are derived by reason_of; only reasons with state are kept.
+    reason = RATE_LIMITED if retry_after is not None else ""
     if updated.unhealthy:
         reason = updated.reason
     return FailureOutcome(
@@ -281,12 +283,10 @@ def record_probe(
     if restart_in_flight:
         return replace(health, last_probe_time=now, last_error=error)
     failures = health.consecutive_probe_failures + 1
-    turned = not health.unhealthy and failures >= unhealthy_threshold
     return replace(
         health,
         consecutive_probe_failures=failures,
         unhealthy=health.unhealthy or failures >= unhealthy_threshold,
-        reason=PROBE_FAILED if turned else health.reason,  # derived anyway; kept for clarity
         last_probe_time=now,
         last_error=error,
     )

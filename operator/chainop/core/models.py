@@ -583,7 +583,8 @@ class ProviderStatus(_StatusModel):
         default="",
         description=(
             "Why the provider is not Healthy, one CamelCase word: ProbeFailed, Wedged, "
-            "ModelNotServed, QuotaExhausted, RateLimited, Failing, Loading, Slow."
+            "ModelNotServed, QuotaExhausted, RateLimited, Failing, Slow, or the kubelet's "
+            "reason for a backend pod that cannot run (CrashLoopBackOff, ImagePullBackOff...)."
         ),
     )
     served_models: list[str] = Field(
