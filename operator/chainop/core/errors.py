@@ -208,7 +208,6 @@ def classify_status(
     *,
     body_text: str = "",
     model: str = "",
-    retry_after: float | None = None,
     headers: Mapping[str, str] | None = None,
     now: float | None = None,
 ) -> ProviderError:
@@ -216,7 +215,7 @@ def classify_status(
 
     Purely computational. ``headers`` (lower-case names) supply the provider's retry
     delay (``retry-after-ms``, ``retry-after``, ``x-ratelimit-reset-*``); a Gemini
-    ``retryDelay`` in the body counts too; ``retry_after`` overrides them all. ``now``
+    ``retryDelay`` in the body, or the delay written in the message, counts too. ``now``
     (epoch seconds) is only needed to read delays given as dates. The rules, first
     match wins (docs/errors.md has the table generated from the corpus of real replies):
 
@@ -244,9 +243,7 @@ def classify_status(
     excerpt = " ".join(fields.message.split())[:200]
     detail = f"HTTP {status_code}" + (f": {excerpt}" if excerpt else "")
     said = fields.searchable
-    delay = retry_after
-    if delay is None:
-        delay = retry_delay(headers or {}, now=now)
+    delay = retry_delay(headers or {}, now=now)
     if delay is None:
         delay = fields.retry_delay
     if delay is None:
