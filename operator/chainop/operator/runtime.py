@@ -714,15 +714,17 @@ class Runtime:
         self, runtime: ChainRuntime, provider: ProviderSpec, *, now: float, force: bool = False
     ) -> None:
         """Look at the pods of a failing provider's backend (at most every 5 s per
-        Deployment): a container in CrashLoopBackOff (or ImagePullBackOff, ...) is
-        something a restart cannot fix, so it is said in plain words in status and an
-        Event, and no further restart is ordered while it lasts."""
+        Deployment, or at once with ``force``, but never twice at the same ``now``): a
+        container in CrashLoopBackOff (or ImagePullBackOff, ...) is something a restart
+        cannot fix, so it is said in plain words in status and an Event, and no further
+        restart is ordered while it lasts."""
         board = runtime.board
         if board is None or provider.backend is None:
             return
         deployment = provider.backend.deployment
         key = (runtime.namespace, deployment)
-        if not force and now - self._pods_seen.get(key, 0.0) < 5.0:
+        last = self._pods_seen.get(key)
+        if last is not None and (last == now or (not force and now - last < 5.0)):
             return
         self._pods_seen[key] = now
         try:
@@ -759,9 +761,10 @@ class Runtime:
                 continue
             for provider in spec.providers:
                 health = board.get(provider.name)
-                if not health.wedged or provider.name in runtime.wedge_announced:
-                    if not health.wedged:
-                        runtime.wedge_announced.discard(provider.name)
+                if not health.wedged:
+                    runtime.wedge_announced.discard(provider.name)
+                    continue
+                if provider.name in runtime.wedge_announced:
                     continue
                 runtime.wedge_announced.add(provider.name)
                 self.metrics.unhealthy.labels(
