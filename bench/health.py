@@ -35,9 +35,9 @@ from bench.operator import (
     Namespace,
     Watcher,
     api,
-    custom,
     ensure_crds,
     loadavg,
+    supervised_vllm_chain,
 )
 from chainop.testing.cluster import ProcessRunner, free_port
 
@@ -75,65 +75,10 @@ def run(args: Any, logs: Path) -> dict[str, Any]:
         FakeBackendThread(name="cloud") as cloud,
         BackendSupervisor(log_dir=logs / "supervisor") as sup,
     ):
-        port = free_port()
-        labels = {"app": "vllm"}
-        apps.create_namespaced_deployment(
-            ns,
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": "vllm", "labels": labels},
-                "spec": {
-                    "replicas": 1,
-                    "selector": {"matchLabels": labels},
-                    "template": {
-                        "metadata": {"labels": labels},
-                        "spec": {
-                            # Never scheduled, should a node be up: the supervisor is the kubelet.
-                            "nodeSelector": {"chainop.dev/bench-no-node": "true"},
-                            "containers": [{"name": "s", "image": "vllm/vllm-openai"}],
-                        },
-                    },
-                },
-            },
-        )
-        command = [
-            *(PY, "-m", "chainop.testing.fake_backend", "--port", str(port)),
-            *("--name", "vllm", "--served-model-name", MODEL),
-        ]
-        sup.bind(ns, "vllm", command, port)
-        custom(api_client).create_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            ns,
-            CHAINS,
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "ProviderChain",
-                "metadata": {"name": "health"},
-                "spec": {
-                    "providers": [
-                        {
-                            "name": "vllm",
-                            "type": "openai",
-                            "endpoint": f"http://127.0.0.1:{port}/v1",
-                            "model": MODEL,
-                            "privacyTier": "Sovereign",
-                            "backend": {"deployment": "vllm"},
-                        },
-                        {
-                            "name": "cloud",
-                            "type": "openai",
-                            "endpoint": f"{cloud.url}/v1",
-                            "model": "m",
-                            "privacyTier": "Standard",
-                        },
-                    ],
-                    "health": {"failureThreshold": 2, "probe": probe},
-                    "selfHealing": {"maxRestartsPerHour": 50, "recovery": recovery},
-                },
-            },
-        )
+        port = supervised_vllm_chain(
+            api_client, sup, ns, chain="health", model=MODEL, cloud_url=cloud.url, probe=probe,
+            recovery=recovery,
+        )  # fmt: skip
         chains = Watcher(api_client, GROUP, VERSION, CHAINS, ns, lambda o: False)
         deps = DeploymentWatch(apps, ns, "vllm")
         metrics_port = free_port()

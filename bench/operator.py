@@ -566,10 +566,86 @@ def throughput(args: Any, logs: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- self-healing
 
 
+def supervised_vllm_chain(
+    api_client: Any,
+    sup: Any,
+    ns: str,
+    *,
+    chain: str,
+    model: str,
+    cloud_url: str,
+    probe: dict[str, Any],
+    recovery: dict[str, Any],
+) -> int:
+    """The self-healing setup of the healing and health benches; returns vllm's port.
+
+    A ``vllm`` Deployment whose pod never runs on a node (``stand_in``): the supervisor
+    runs a fake vLLM serving ``model`` as its process and restarts it when chainop patches
+    the pod template; a ProviderChain ``chain`` of that vllm (Sovereign, with the
+    Deployment as its backend) and a cloud fallback.
+    """
+    from kubernetes import client
+
+    from chainop.testing.supervisor import stand_in
+
+    port = free_port()
+    labels = {"app": "vllm"}
+    deployment: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "vllm", "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "s", "image": "vllm/vllm-openai"}]},
+            },
+        },
+    }
+    client.AppsV1Api(api_client).create_namespaced_deployment(ns, stand_in(deployment))
+    command = [PY, "-m", "chainop.testing.fake_backend", "--port", str(port), "--name", "vllm"]
+    command += ["--served-model-name", model]  # the chain's model: List probes check it
+    sup.bind(ns, "vllm", command, port)
+    custom(api_client).create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        ns,
+        CHAINS,
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ProviderChain",
+            "metadata": {"name": chain},
+            "spec": {
+                "providers": [
+                    {
+                        "name": "vllm",
+                        "type": "openai",
+                        "endpoint": f"http://127.0.0.1:{port}/v1",
+                        "model": model,
+                        "privacyTier": "Sovereign",
+                        "backend": {"deployment": "vllm"},
+                    },
+                    {
+                        "name": "cloud",
+                        "type": "openai",
+                        "endpoint": f"{cloud_url}/v1",
+                        "model": "m",
+                        "privacyTier": "Standard",
+                    },
+                ],
+                "health": {"failureThreshold": 2, "probe": probe},
+                "selfHealing": {"maxRestartsPerHour": 50, "recovery": recovery},
+            },
+        },
+    )
+    return port
+
+
 def healing(args: Any, logs: Path) -> dict[str, Any]:
     """Item 4: killed / broken backend → excluded → restarted → restored."""
     from chainop.testing.fake_backend import FakeBackendControl, FakeBackendThread
-    from chainop.testing.supervisor import STAND_IN_NODE_SELECTOR, BackendSupervisor
+    from chainop.testing.supervisor import BackendSupervisor
 
     probe = {"intervalSeconds": args.probe_interval, "timeoutSeconds": 1, "unhealthyThreshold": 3}
     recovery = {"initialSeconds": args.recovery, "maxSeconds": args.recovery * 4}
@@ -584,62 +660,10 @@ def healing(args: Any, logs: Path) -> dict[str, Any]:
         FakeBackendThread(name="cloud") as cloud,
         BackendSupervisor(log_dir=logs / "supervisor") as sup,
     ):
-        port = free_port()
-        labels = {"app": "vllm"}
-        apps.create_namespaced_deployment(
-            ns,
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": "vllm", "labels": labels},
-                "spec": {
-                    "replicas": 1,
-                    "selector": {"matchLabels": labels},
-                    "template": {
-                        "metadata": {"labels": labels},
-                        "spec": {
-                            "containers": [{"name": "s", "image": "vllm/vllm-openai"}],
-                            "nodeSelector": STAND_IN_NODE_SELECTOR,  # the supervisor runs it
-                        },
-                    },
-                },
-            },
-        )
-        command = [PY, "-m", "chainop.testing.fake_backend", "--port", str(port), "--name", "vllm"]
-        command += ["--served-model-name", "m"]  # the chain's model: List probes check it
-        sup.bind(ns, "vllm", command, port)
-        custom(api_client).create_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            ns,
-            CHAINS,
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "ProviderChain",
-                "metadata": {"name": "heal"},
-                "spec": {
-                    "providers": [
-                        {
-                            "name": "vllm",
-                            "type": "openai",
-                            "endpoint": f"http://127.0.0.1:{port}/v1",
-                            "model": "m",
-                            "privacyTier": "Sovereign",
-                            "backend": {"deployment": "vllm"},
-                        },
-                        {
-                            "name": "cloud",
-                            "type": "openai",
-                            "endpoint": f"{cloud.url}/v1",
-                            "model": "m",
-                            "privacyTier": "Standard",
-                        },
-                    ],
-                    "health": {"failureThreshold": 2, "probe": probe},
-                    "selfHealing": {"maxRestartsPerHour": 50, "recovery": recovery},
-                },
-            },
-        )
+        port = supervised_vllm_chain(
+            api_client, sup, ns, chain="heal", model="m", cloud_url=cloud.url, probe=probe,
+            recovery=recovery,
+        )  # fmt: skip
         chains = Watcher(api_client, GROUP, VERSION, CHAINS, ns, lambda o: False)
         deps = DeploymentWatch(apps, ns, "vllm")
         metrics_port = free_port()
