@@ -71,20 +71,36 @@ def wait_reason(kit: Kit, reason: str, *, chain: str = "default", timeout: float
 PROBE = {"intervalSeconds": 1, "timeoutSeconds": 1, "unhealthyThreshold": 2}
 
 
-def test_hung_engine_without_traffic_is_seen_by_the_generate_probe_and_restarted(
-    kit: Kit, operator, backends, supervisor
-):
+def start_vllm(
+    kit: Kit,
+    supervisor: Any,
+    backends: Any,
+    *,
+    provider: dict[str, Any] | None = None,
+    health: dict[str, Any] | None = None,
+    recovery_max: float = 4,
+    **spec: Any,
+) -> FakeBackendControl:
+    """The fake vLLM run by the supervisor behind a real Deployment, at the head of chain
+    ``default`` with a cloud fallback; its control once the chain shows it Healthy."""
     port = free_port()
     kit.create_deployment("vllm")
     supervisor.bind(kit.namespace, "vllm", vllm_command(port), port)
     kit.create_chain(
         "default",
-        [vllm(kit, port), kit.provider("cloud", backends("cloud").url)],
-        health={"probe": PROBE},
-        selfHealing={"recovery": {"initialSeconds": 1, "maxSeconds": 4}},
+        [vllm(kit, port, **(provider or {})), kit.provider("cloud", backends("cloud").url)],
+        health=health or {"probe": PROBE},
+        selfHealing={"recovery": {"initialSeconds": 1, "maxSeconds": recovery_max}},
+        **spec,
     )
     kit.wait_until(lambda: state(kit).get("state") == "Healthy", what="vllm Healthy")
-    control = FakeBackendControl(f"http://127.0.0.1:{port}")
+    return FakeBackendControl(f"http://127.0.0.1:{port}")
+
+
+def test_hung_engine_without_traffic_is_seen_by_the_generate_probe_and_restarted(
+    kit: Kit, operator, backends, supervisor
+):
+    control = start_vllm(kit, supervisor, backends)
     control.set(mode="hung_engine")
     hung_at = time.monotonic()
     # The listing and /health still answer: only a probe that generates can tell.
@@ -106,27 +122,20 @@ def test_hung_engine_without_traffic_is_seen_by_the_generate_probe_and_restarted
 def test_wedged_backend_is_restarted_on_request_path_evidence_while_probes_pass(
     kit: Kit, operator, backends, supervisor
 ):
-    port = free_port()
-    kit.create_deployment("vllm")
-    supervisor.bind(kit.namespace, "vllm", vllm_command(port), port)
-    kit.create_chain(
-        "default",
+    control = start_vllm(
+        kit,
+        supervisor,
+        backends,
         # List probes only: they keep passing while the engine hangs.
-        [
-            vllm(kit, port, probe={"kind": "List"}, timeoutSeconds=1),
-            kit.provider("cloud", backends("cloud").url),
-        ],
+        provider={"probe": {"kind": "List"}, "timeoutSeconds": 1},
         health={
             "probe": PROBE,
             "wedged": {"failures": 3, "windowSeconds": 60},
             "failureThreshold": 10,
             "transientRetries": 0,
         },
-        selfHealing={"recovery": {"initialSeconds": 1, "maxSeconds": 4}},
         taskDefaults={"allowDelegation": True},
     )
-    kit.wait_until(lambda: state(kit).get("state") == "Healthy", what="vllm Healthy")
-    control = FakeBackendControl(f"http://127.0.0.1:{port}")
     control.set(mode="hung_engine")
     for i in range(3):
         kit.create_task(f"t{i}")
@@ -147,17 +156,7 @@ def test_wedged_backend_is_restarted_on_request_path_evidence_while_probes_pass(
 def test_model_drift_is_reported_and_excluded_but_never_restarted(
     kit: Kit, operator, backends, supervisor
 ):
-    port = free_port()
-    kit.create_deployment("vllm")
-    supervisor.bind(kit.namespace, "vllm", vllm_command(port), port)
-    kit.create_chain(
-        "default",
-        [vllm(kit, port), kit.provider("cloud", backends("cloud").url)],
-        health={"probe": PROBE},
-        selfHealing={"recovery": {"initialSeconds": 1, "maxSeconds": 2}},
-    )
-    kit.wait_until(lambda: state(kit).get("state") == "Healthy", what="vllm Healthy")
-    control = FakeBackendControl(f"http://127.0.0.1:{port}")
+    control = start_vllm(kit, supervisor, backends, recovery_max=2)
     control.set(models=["llama-3.1-8b-instruct"])  # redeployed with another model
     kit.wait_until(lambda: state(kit).get("state") == "Excluded", what="vllm Excluded")
     drifted = state(kit)
