@@ -31,7 +31,7 @@ BIN="$CACHE/bin"
 FORCE="${FORCE:-0}"
 
 log() { printf '[cluster-build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+die() { log "ERROR: $*"; [ -z "${FAILURE_REPORT:-}" ] || echo "cluster-build: $*" >>"$FAILURE_REPORT"; exit 1; }
 
 GO_READY=0
 setup_go() {  # the Go environment; only needed (and only probed) when something must be built

@@ -28,7 +28,7 @@ t0=$SECONDS
 
 exec 3>&2  # log() writes here, also from commands whose stderr wait_for silences
 log() { printf '[cluster-up %s] %s\n' "$(date +%H:%M:%S)" "$*" >&3; }
-die() { log "ERROR: $*"; exit 1; }
+die() { log "ERROR: $*"; [ -z "${FAILURE_REPORT:-}" ] || echo "cluster-up: $*" >>"$FAILURE_REPORT"; exit 1; }
 
 find_tool() {  # find_tool <name>: $REPO/.venv/bin/<name>, else PATH
     if [[ -x "$REPO_ROOT/.venv/bin/$1" ]]; then echo "$REPO_ROOT/.venv/bin/$1"

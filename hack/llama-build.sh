@@ -43,7 +43,7 @@ HEARTBEAT_PID=""
 trap '[[ -z "$HEARTBEAT_PID" ]] || kill "$HEARTBEAT_PID" 2>/dev/null || true' EXIT
 
 log() { printf '[llama-build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+die() { log "ERROR: $*"; [ -z "${FAILURE_REPORT:-}" ] || echo "llama-build: $*" >>"$FAILURE_REPORT"; exit 1; }
 
 t0=$SECONDS
 

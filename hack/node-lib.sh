@@ -42,7 +42,13 @@ SYSCTLS=(vm.overcommit_memory kernel.panic kernel.panic_on_oops net.ipv4.ip_forw
 
 : "${LOG_TAG:=node}"
 log() { printf '[%s %s] %s\n' "$LOG_TAG" "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+# die also appends its message to $FAILURE_REPORT when set (hack/test.sh repeats it as the
+# last line of its output, which is the part of a long CI log that gets read).
+die() {
+    log "ERROR: $*"
+    [[ -z "${FAILURE_REPORT:-}" ]] || printf '%s: %s\n' "$LOG_TAG" "$*" >>"$FAILURE_REPORT"
+    exit 1
+}
 # "This host cannot run a node": one line, exit code 2 (tests skip with this reason).
 cannot() { printf '%s: cannot %s here: %s\n' "$LOG_TAG" "${CANNOT_WHAT:-run a node}" "$*" >&2; exit 2; }
 

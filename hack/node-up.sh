@@ -113,9 +113,18 @@ import_image() {  # import_image <archive> <ref>: skipped when this archive is a
         && ctr_ images ls -q 2>/dev/null | grep -qxF "$ref"; then
         return 0
     fi
-    local t=$SECONDS
-    ctr_ images import "$archive" >/dev/null
-    ctr_ images ls -q | grep -qxF "$ref" || die "importing $archive did not give $ref"
+    local t=$SECONDS err try
+    # A second try after a short pause: a containerd that has just started may still be
+    # setting up its CRI plugin; the error of the last try is what gets reported.
+    for try in 1 2; do
+        if err="$(ctr_ images import "$archive" 2>&1 >/dev/null)" \
+            && ctr_ images ls -q | grep -qxF "$ref"; then
+            break
+        fi
+        (( try == 2 )) && die "importing $archive did not give $ref: ${err:-no error from ctr}"
+        log "importing $archive failed (${err:-no error}); trying once more"
+        sleep 2
+    done
     echo "$mark" >"$CTRD_DIR/imported-${ref//[\/:]/_}"
     log "imported $ref into the node's containerd ($((SECONDS - t))s)"
 }

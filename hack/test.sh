@@ -18,7 +18,10 @@ if ! { [ -f .cluster/kubeconfig ] && KUBECONFIG=.cluster/kubeconfig .venv/bin/ku
   started_here=1
 fi
 node_started_here=0
+# Why a set-up step failed, repeated as the last line of the output (CI shows the tail).
+export FAILURE_REPORT="${FAILURE_REPORT:-$(mktemp -t chainop-failure.XXXXXX)}"
 cleanup() {
+  local rc=$?
   if [ "${KEEP_CLUSTER:-0}" != "1" ]; then
     if [ "$started_here" = "1" ]; then
       echo "==> stopping the local control plane (and the node first)"
@@ -28,6 +31,10 @@ cleanup() {
       hack/node-down.sh || true
     fi
   fi
+  if [ -s "$FAILURE_REPORT" ]; then
+    echo "==> FAILED (exit $rc): $(tr '\n' ';' <"$FAILURE_REPORT" | sed 's/;$//')"
+  fi
+  rm -f "$FAILURE_REPORT"
 }
 trap cleanup EXIT
 echo "==> starting the local control plane (first run builds it from Go modules: ~7 min)"
@@ -43,6 +50,13 @@ if [ "${NODE:-1}" = "1" ]; then
   echo "==> images (buildah, no engine) and a real node (kubelet + containerd + scheduler)"
   node_rc=0
   { hack/image-build.sh && hack/node-up.sh; } || node_rc=$?
+  if [ "$node_rc" != "0" ] && [ "$node_rc" != "2" ]; then
+    # node-up tears a partial node down on failure; one more try, from clean, before the
+    # whole run fails (the reason of each try stays in the report).
+    echo "==> the node did not come up (exit $node_rc); one more try"
+    node_rc=0
+    hack/node-up.sh || node_rc=$?
+  fi
   if [ "$node_rc" = "2" ]; then
     echo "==> this host cannot run a node: the node tests will be reported as skipped"
     node_started_here=0
