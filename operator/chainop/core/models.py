@@ -56,6 +56,14 @@ class Strategy(enum.StrEnum):
     FALLBACK = "Fallback"
     PRIMARY_ONLY = "PrimaryOnly"
     ROUND_ROBIN = "RoundRobin"
+    FALLBACK_ONLY = "FallbackOnly"
+
+
+class AdaptiveOrder(enum.StrEnum):
+    """Whether a chain may reorder its providers by observed latency."""
+
+    OFF = "Off"
+    LATENCY_WITHIN_TIER = "LatencyWithinTier"
 
 
 class ProviderType(enum.StrEnum):
@@ -227,6 +235,45 @@ class ProviderProbeSpec(_Model):
         return (ProbeKind.LIST,)
 
 
+class LoadSignalSpec(_Model):
+    """Where an in-cluster server publishes its queue, and when it counts as saturated.
+
+    chainop reads the server's Prometheus text endpoint with the probe (one read per
+    distinct endpoint per probe interval, free: no completion is sent) and understands
+    vLLM's names (``vllm:num_requests_waiting``, ``vllm:num_requests_running``,
+    ``vllm:kv_cache_usage_perc``, formerly ``vllm:gpu_cache_usage_perc``) and llama.cpp's
+    (``llamacpp:requests_deferred``, ``llamacpp:requests_processing``). A saturated provider
+    is skipped (attempt Skipped, no penalty to its health) by tasks whose routing allows a
+    later provider; tasks that may only run on it still queue there. A reading older than
+    three probe intervals is ignored.
+    """
+
+    metrics_path: str = Field(
+        default="/metrics",
+        max_length=256,
+        pattern=r"^/[^\s?#]*$",
+        description="Path of the Prometheus text endpoint, at the root of the endpoint's host.",
+    )
+    max_waiting: int | None = Field(
+        default=8,
+        ge=0,
+        le=100_000,
+        description=(
+            "Saturated when at least this many requests wait in the server's queue; "
+            "null: the queue is not a limit."
+        ),
+    )
+    max_kv_cache_usage: float | None = Field(
+        default=0.95,
+        gt=0,
+        le=1,
+        description=(
+            "Saturated when the KV cache is at least this full (0-1); null: no limit. "
+            "Servers that do not publish it (llama.cpp) are judged by the queue alone."
+        ),
+    )
+
+
 class Cost(_Model):
     """Price of a provider, used to compute ``status.result.costUSD`` from usage."""
 
@@ -300,6 +347,13 @@ class ProviderSpec(_Model):
         default=False,
         description=(
             "Never bench this provider (for pay-per-use providers that never rate-limit)."
+        ),
+    )
+    load_signal: LoadSignalSpec | None = Field(
+        default=None,
+        description=(
+            "Read this server's queue from its Prometheus endpoint and spill work over to "
+            "the next provider while it is saturated (in-cluster servers; unset: never)."
         ),
     )
 
@@ -456,6 +510,20 @@ class TaskDefaults(_Model):
     )
 
 
+class ChainRoutingSpec(_Model):
+    """How the chain orders its providers for each task, beyond the spec's order."""
+
+    adaptive: AdaptiveOrder = Field(
+        default=AdaptiveOrder.OFF,
+        description=(
+            "Off: the spec's order. LatencyWithinTier: providers of the same privacy tier "
+            "that are next to each other in the chain are ordered by an EWMA of their "
+            "recent latency (per output token when usage is known); providers never move "
+            "across tiers, and the task's decision says when the order was changed."
+        ),
+    )
+
+
 class ProviderChainSpec(_Model):
     """An ordered chain of LLM providers: head first, the last one is the terminus."""
 
@@ -463,7 +531,9 @@ class ProviderChainSpec(_Model):
         default=Strategy.FALLBACK,
         description=(
             "Fallback: head to tail, terminus always attempted. PrimaryOnly: the head "
-            "only. RoundRobin: spread over healthy providers, falling back on errors."
+            "only. RoundRobin: spread over healthy providers, falling back on errors. "
+            "FallbackOnly: skip the chain's head and use the rest in order (to drain the "
+            "primary or test the fallback path)."
         ),
     )
     providers: list[ProviderSpec] = Field(
@@ -488,6 +558,10 @@ class ProviderChainSpec(_Model):
     )
     task_defaults: TaskDefaults = Field(
         default_factory=TaskDefaults, description="Defaults for tasks using this chain."
+    )
+    routing: ChainRoutingSpec = Field(
+        default_factory=ChainRoutingSpec,
+        description="Latency-aware ordering of the providers within a privacy tier.",
     )
 
     @model_validator(mode="after")
@@ -592,6 +666,24 @@ class ProviderStatus(_StatusModel):
         max_length=20,
         description="What the listing served instead, when the configured model is missing.",
     )
+    load: LoadStatus | None = Field(
+        default=None, description="The last load-signal reading (providers with loadSignal)."
+    )
+
+
+class LoadStatus(_StatusModel):
+    """The last reading of a provider's load signal."""
+
+    waiting: float = Field(default=0, ge=0, description="Requests waiting in the server's queue.")
+    running: float = Field(default=0, ge=0, description="Requests being served.")
+    kv_cache_usage: float | None = Field(
+        default=None, ge=0, le=1, description="KV cache usage, 0-1 (unset if not published)."
+    )
+    observed_at: datetime | None = Field(default=None, description="When it was read.")
+    saturated: str = Field(
+        default="",
+        description="Why the provider counts as saturated, e.g. 'saturated: 12 waiting ≥ 8'.",
+    )
 
 
 class ProviderChainStatus(_StatusModel):
@@ -694,6 +786,35 @@ class RoutingSpec(_Model):
     )
 
 
+class HedgeSpec(_Model):
+    """Hedged attempts: start one more call elsewhere when the first is slow.
+
+    After the delay, an extra attempt starts on the next eligible provider of the routing
+    decision (never a wider privacy tier, never a jobs provider); the first complete answer
+    wins and the other call is cancelled. afterPercentile uses the first provider's
+    observed latency once 20 calls are known, afterMillis until then (or always).
+    """
+
+    after_millis: int | None = Field(
+        default=None, ge=1, le=3_600_000, description="Start the hedge this long after."
+    )
+    after_percentile: float | None = Field(
+        default=None,
+        ge=50,
+        le=99.9,
+        description="Start the hedge at this percentile of the first provider's latency.",
+    )
+    max_extra: int = Field(
+        default=1, ge=1, le=3, description="At most this many extra attempts per task."
+    )
+
+    @model_validator(mode="after")
+    def _some_delay(self) -> HedgeSpec:
+        if self.after_millis is None and self.after_percentile is None:
+            raise ValueError("spec.hedge: set afterMillis, afterPercentile or both")
+        return self
+
+
 class DelegatedTaskSpec(_Model):
     """A unit of LLM work to run through a ProviderChain in the same namespace."""
 
@@ -706,6 +827,10 @@ class DelegatedTaskSpec(_Model):
     request: RequestSpec = Field(description="The LLM request.")
     timeout_seconds: float = Field(
         default=120.0, gt=0, le=86_400, description="Deadline for the whole task, all attempts."
+    )
+    hedge: HedgeSpec | None = Field(
+        default=None,
+        description="Start an extra attempt on the next provider when the first is slow.",
     )
     ttl_seconds_after_finished: int | None = Field(
         default=None,
@@ -743,6 +868,7 @@ class AttemptOutcome(enum.StrEnum):
     AUTH = "AuthError"
     PERMANENT = "PermanentError"
     DEADLINE = "DeadlineExceeded"
+    CANCELLED = "Cancelled"
 
 
 class Attempt(_StatusModel):
@@ -757,13 +883,24 @@ class Attempt(_StatusModel):
             "provider benched for quotaCooldownSeconds); ContentPolicy (a refusal or "
             "content filter: fails, or advances with advanceOnContentPolicy); AuthError "
             "and PermanentError (fail at once); DeadlineExceeded (the task's own limit); "
-            "Skipped (benched, excluded or saturated, no call made)."
+            "Skipped (benched, excluded or saturated, no call made); Cancelled (a hedged "
+            "race another attempt won)."
         )
     )
     error: str = Field(default="", description="What went wrong, without secrets.")
     latency_ms: int = Field(default=0, ge=0, description="Duration of the call.")
     started_at: datetime | None = Field(default=None, description="When the call started.")
     job_id: str | None = Field(default=None, description="Job id, for jobs providers.")
+    hedged: bool = Field(default=False, description="Started as a hedge of a slower call.")
+    cost_usd: float | None = Field(
+        default=None,
+        ge=0,
+        alias="costUSD",
+        description=(
+            "Cost of this call: usage x price for an answer; for a call cancelled by a "
+            "hedge, its prompt (characters/4) x the input price, a lower bound."
+        ),
+    )
 
 
 class PendingJob(_StatusModel):
@@ -788,6 +925,15 @@ class TaskResult(_StatusModel):
     latency_ms: int = Field(default=0, ge=0, description="Time from first attempt to answer.")
     attempt: int = Field(default=1, ge=1, description="Number of the attempt that answered.")
     was_terminus: bool = Field(default=False, description="Whether the terminus answered.")
+    hedged: bool = Field(
+        default=False, description="Whether a hedge raced this answer (see attempts)."
+    )
+    extra_cost_usd: float = Field(
+        default=0.0,
+        ge=0,
+        alias="extraCostUSD",
+        description="Estimated cost of the calls a hedge cancelled (not in costUSD).",
+    )
     output_config_map: str | None = Field(
         default=None, description="ConfigMap holding the text when too big for status."
     )
