@@ -118,6 +118,24 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.saturated_skips = Counter(
+            "chainop_saturated_skips_total",
+            "Times a task skipped a provider whose load signal said it was saturated.",
+            ["namespace", "chain", "provider"],
+            registry=r,
+        )
+        self.hedges = Counter(
+            "chainop_hedged_attempts_total",
+            "Extra attempts started by spec.hedge, by how they ended (won, lost, failed).",
+            ["namespace", "chain", "provider", "result"],
+            registry=r,
+        )
+        self.task_waits = Counter(
+            "chainop_task_waits_total",
+            "Times a task waited for a benched provider's cooldown to end instead of failing.",
+            ["namespace", "chain"],
+            registry=r,
+        )
         self.status_writes = Counter(
             "chainop_status_writes_total",
             "Status patches chainop sent to the API server, by resource kind.",
