@@ -2,54 +2,63 @@
 
 This is DESIGN.md's "Executing a chain" made code. It knows providers only through the
 one-method ``ProviderCall`` protocol and health only through ``HealthBoard`` (in-memory,
-no I/O), so every rule is testable with plain async functions and an injected clock:
+no I/O), so every rule is testable with plain async functions and an injected clock.
 
-* skip CoolingDown/Excluded providers, except the terminus (always attempted);
-* retry transient errors ``transientRetries`` times on the same provider; each failure
-  counts; at ``failureThreshold`` bench and advance at once;
-* model-not-found and capability mismatches (declared, or said by the provider in any
-  status) advance without penalty;
-* quota exhausted advances at once and benches for ``health.quotaCooldownSeconds``;
-* a content-policy refusal fails the task (never a success, never the provider's
-  fault) unless ``advanceOnContentPolicy``;
-* other permanent errors (bad request, auth) fail at once unless
-  ``advanceOnPermanentError``;
-* failed real calls of a provider with a backend are evidence of a wedged engine;
-* the task's own deadline is never the provider's fault;
-* an incomplete reply is a transient error: never a success;
-* when everything fails, one error joins every provider's reason.
+The rules themselves live in ``chainop.core.rules``, one small function each; this module
+only sequences them:
 
-``PrimaryOnly`` tries the head only; ``RoundRobin`` rotates the start over the eligible
-providers and falls back like ``Fallback``.
+* the order: the strategy (PrimaryOnly, RoundRobin, FallbackOnly) over the decision;
+* before a call, :func:`~chainop.core.rules.skip_for` (benched or excluded except the
+  terminus, beyond declared capabilities, half-open trial taken) and
+  :func:`~chainop.core.rules.spill_for` (saturated by a fresh load signal while a later
+  provider of the decision is free: skipped, no penalty);
+* after an error, :func:`~chainop.core.rules.react` (retry, advance or fail; what it does
+  to the provider's health);
+* with ``spec.hedge``, :func:`~chainop.core.rules.hedge_delay` after a call started, an
+  extra call on the next eligible provider races it (never a jobs provider, never outside
+  the decision); the first complete answer wins and the others are cancelled;
+* when every provider is benched, terminus included, :func:`~chainop.core.rules.plan_wait`
+  returns a wait for the earliest recovery instead of a doomed call, if the task has the
+  time; the caller parks the task until then;
+* the task's own deadline is never the provider's fault; an incomplete reply is a
+  transient error, never a success; when everything fails, one error joins every
+  provider's reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 
+from chainop.core import rules
 from chainop.core.board import HealthBoard
 from chainop.core.calls import CallContext, Completion, ProviderCall
-from chainop.core.errors import (
-    ChainExhaustedError,
-    ContentPolicyError,
-    ModelNotFoundError,
-    ProviderError,
-    QuotaExhaustedError,
-    TransientError,
-    UnsupportedRequestError,
-)
+from chainop.core.errors import ChainExhaustedError, ProviderError
 from chainop.core.models import (
     Attempt,
     AttemptOutcome,
+    HedgeSpec,
     PrivacyTier,
     ProviderChainSpec,
     ProviderSpec,
     RequestSpec,
-    Strategy,
 )
+from chainop.core.rules import capability_miss, ordered_for_strategy, utc
+
+__all__ = [
+    "SKIPPED",
+    "SUCCEEDED",
+    "ChainObserver",
+    "ExecutionResult",
+    "HealthBoard",
+    "Resume",
+    "capability_miss",
+    "cost_of",
+    "execute",
+    "ordered_for_strategy",
+]
 
 SUCCEEDED = AttemptOutcome.SUCCEEDED
 SKIPPED = AttemptOutcome.SKIPPED
@@ -65,7 +74,7 @@ class ChainObserver:
     """
 
     def on_attempt(self, provider: ProviderSpec, attempt: Attempt) -> None:
-        """An attempt ended (any outcome, including Skipped)."""
+        """An attempt ended (any outcome, including Skipped and Cancelled)."""
 
     def on_failover(
         self, from_provider: ProviderSpec, to_provider: ProviderSpec, reason: str
@@ -80,6 +89,12 @@ class ChainObserver:
 
     def on_quota_exhausted(self, provider: ProviderSpec, seconds: float, reason: str) -> None:
         """A provider said its quota, credit or spend limit ran out (benched ``seconds``)."""
+
+    def on_saturated(self, provider: ProviderSpec, reason: str) -> None:
+        """A provider was skipped because its load signal says it is saturated."""
+
+    def on_hedge(self, primary: ProviderSpec, hedge: ProviderSpec, after_seconds: float) -> None:
+        """An extra attempt started on ``hedge`` because ``primary`` was slow."""
 
 
 #: The observer of executions nobody observes (its hooks do nothing).
@@ -100,7 +115,7 @@ class Resume:
 
 @dataclass(frozen=True, slots=True)
 class ExecutionResult:
-    """The outcome of one execution: a completion, or the reason there is none."""
+    """The outcome of one execution: a completion, a wait, or the reason there is none."""
 
     attempts: tuple[Attempt, ...]
     completion: Completion | None = None
@@ -109,9 +124,14 @@ class ExecutionResult:
     was_terminus: bool = False
     latency_ms: int = 0
     cost_usd: float = 0.0
+    #: Whether a hedge raced this execution, and what the calls it cancelled cost.
+    hedged: bool = False
+    extra_cost_usd: float = 0.0
     #: CamelCase reason when failed: ChainExhausted, PermanentError, DeadlineExceeded…
+    #: or WaitingForProvider (then ``wait`` says for whom and until when).
     failure_reason: str = ""
     failure_message: str = ""
+    wait: rules.Wait | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -129,61 +149,314 @@ def cost_of(provider: ProviderSpec, completion: Completion) -> float:
     ) / 1_000_000
 
 
-def capability_miss(provider: ProviderSpec, request: RequestSpec) -> str | None:
-    """Why ``provider`` cannot take ``request`` by its declared capabilities, or None."""
-    caps = provider.capabilities
-    if caps.vision is False and request.needs_vision():
-        return "request has images; provider declares vision=false"
-    if caps.tools is False and request.tools:
-        return "request has tools; provider declares tools=false"
-    if caps.context_window is not None:
-        needed = request.estimated_tokens()
-        if needed > caps.context_window:
-            return (
-                f"request needs ~{needed} tokens; provider declares "
-                f"contextWindow={caps.context_window}"
-            )
-    return None
+# --------------------------------------------------------------------------- one walk
 
 
-def ordered_for_strategy(
-    chain: ProviderChainSpec, eligible: Sequence[str], *, rotation: int = 0
-) -> list[str]:
-    """Apply the strategy to the eligible order. Purely computational."""
-    names = list(eligible)
-    if not names:
-        return names
-    if chain.strategy is Strategy.PRIMARY_ONLY:
-        return names[:1]
-    if chain.strategy is Strategy.ROUND_ROBIN:
-        start = rotation % len(names)
-        return names[start:] + names[:start]
-    return names
+class _End(enum.Enum):
+    SUCCESS = "success"
+    ADVANCE = "advance"
+    FAIL = "fail"
 
 
-# --------------------------------------------------------------------------- executor
+@dataclass(slots=True)
+class _RunEnd:
+    """How one provider's run (its call and retries) ended."""
+
+    end: _End
+    provider: ProviderSpec
+    completion: Completion | None = None
+    number: int = 0
+    is_terminus: bool = False
+    failure_reason: str = ""
+    failure_message: str = ""
+
+
+@dataclass(slots=True)
+class _Run:
+    """A provider's run in flight; ``cancel_reason`` is set before it is cancelled."""
+
+    provider: ProviderSpec
+    hedged: bool
+    started: float
+    #: Holds the provider's half-open trial (released when the run ends or is cancelled).
+    trial: bool = False
+    cancel_reason: str = ""
+
+
+@dataclass(slots=True)
+class _Walk:
+    """The state of one execution, shared by its runs (primary and hedges)."""
+
+    chain: ProviderChainSpec
+    providers: list[ProviderSpec]
+    request: RequestSpec
+    call: ProviderCall
+    board: HealthBoard
+    now: Callable[[], float]
+    observer: ChainObserver
+    keys: dict[str, str | None]
+    task_key: str
+    timeout_seconds: float | None
+    deadline: float | None
+    on_job_submitted: Callable[[str, str, str, int], Awaitable[None]] | None
+    attempts: list[Attempt]
+    reasons: list[tuple[str, str]] = field(default_factory=list)
+    calls_to: dict[str, int] = field(default_factory=dict)
+    resume_job: str | None = None
+    cursor: int = 0
+    previous: ProviderSpec | None = None
+    extra_cost: float = 0.0
+
+    def record(self, provider: ProviderSpec, attempt: Attempt) -> None:
+        self.attempts.append(attempt)
+        self.observer.on_attempt(provider, attempt)
+
+    def next_key(self, provider: ProviderSpec) -> tuple[int, str]:
+        """The attempt number and idempotency key of the next call to ``provider``."""
+        self.calls_to[provider.name] = self.calls_to.get(provider.name, 0) + 1
+        return len(
+            self.attempts
+        ) + 1, f"{self.task_key}-{provider.name}-{self.calls_to[provider.name]}"
+
+    def failed(self, reason: str, message: str) -> ExecutionResult:
+        return ExecutionResult(
+            attempts=tuple(self.attempts),
+            failure_reason=reason,
+            failure_message=message,
+            hedged=any(a.hedged for a in self.attempts),
+            extra_cost_usd=self.extra_cost,
+        )
 
 
 def _job_hook(
-    hook: Callable[[str, str, str, int], Awaitable[None]] | None,
-    *,
-    provider: str,
-    key: str,
-    attempt: int,
-    seen: list[str],
+    walk: _Walk, provider: str, key: str, number: int, seen: list[str]
 ) -> Callable[[str], Awaitable[None]]:
     """Bind one attempt's identity to the caller's "job submitted" hook."""
 
     async def submitted(job_id: str) -> None:
         seen.append(job_id)
-        if hook is not None:
-            await hook(provider, job_id, key, attempt)
+        if walk.on_job_submitted is not None:
+            await walk.on_job_submitted(provider, job_id, key, number)
 
     return submitted
 
 
-def _utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, tz=UTC)
+async def _call_once(
+    walk: _Walk, run: _Run, *, is_terminus: bool, retries_left: int
+) -> tuple[_RunEnd | None, int]:
+    """One call to ``run.provider``; records its attempt. (None, retries) means retry."""
+    provider = run.provider
+    loop = asyncio.get_running_loop()
+    number, key = walk.next_key(provider)
+    seen: list[str] = []
+    if walk.resume_job is not None:
+        seen.append(walk.resume_job)
+    context = CallContext(
+        timeout=provider.timeout_seconds,
+        api_key=walk.keys.get(provider.name),
+        idempotency_key=key,
+        resume_job_id=walk.resume_job,
+        on_job_submitted=_job_hook(walk, provider.name, key, number, seen),
+    )
+    walk.resume_job = None
+    call_started = loop.time()
+    started_at = utc(walk.now())
+
+    def attempt(outcome: AttemptOutcome, error: str = "", **extra: object) -> Attempt:
+        return Attempt.model_validate(
+            {
+                "provider": provider.name,
+                "outcome": outcome,
+                "error": error,
+                "latency_ms": int((loop.time() - call_started) * 1000),
+                "started_at": started_at,
+                "job_id": seen[-1] if seen else None,
+                "hedged": run.hedged,
+                **extra,
+            }
+        )
+
+    remaining = None if walk.deadline is None else walk.deadline - call_started
+    try:
+        if remaining is not None and remaining <= 0:
+            raise TimeoutError
+        async with asyncio.timeout(remaining):
+            completion = await walk.call(provider, walk.request, context)
+    except TimeoutError:
+        message = f"task deadline of {walk.timeout_seconds:g}s exceeded"
+        walk.record(provider, attempt(AttemptOutcome.DEADLINE, message))
+        return _RunEnd(
+            _End.FAIL, provider, failure_reason="DeadlineExceeded", failure_message=message
+        ), 0
+    except asyncio.CancelledError:
+        if run.cancel_reason:
+            cost = rules.prompt_cost(provider, walk.request)
+            walk.extra_cost += cost
+            walk.record(
+                provider, attempt(AttemptOutcome.CANCELLED, run.cancel_reason, cost_usd=cost)
+            )
+        raise
+    except ProviderError as error:
+        walk.record(provider, attempt(AttemptOutcome(error.kind.value), error.message))
+        verdict = rules.react(
+            error,
+            provider,
+            walk.board,
+            now=walk.now(),
+            is_terminus=is_terminus,
+            retries_left=retries_left,
+        )
+        if verdict.benched is not None:
+            walk.observer.on_benched(provider, verdict.benched.cooldown_seconds, error.message)
+        if verdict.quota is not None:
+            walk.observer.on_quota_exhausted(
+                provider, verdict.quota.cooldown_seconds, error.message
+            )
+        if verdict.next is rules.Next.RETRY:
+            return None, retries_left - 1
+        walk.reasons.append((provider.name, error.message))
+        if verdict.next is rules.Next.FAIL:
+            return _RunEnd(
+                _End.FAIL,
+                provider,
+                failure_reason=verdict.failure_reason,
+                failure_message=verdict.failure_message,
+            ), 0
+        return _RunEnd(_End.ADVANCE, provider), 0
+    cost = cost_of(provider, completion)
+    walk.record(
+        provider,
+        attempt(
+            AttemptOutcome.SUCCEEDED,
+            job_id=completion.job_id or (seen[-1] if seen else None),
+            cost_usd=cost,
+        ),
+    )
+    walk.board.success(provider.name, now=walk.now())
+    walk.board.observe_latency(
+        provider.name, (loop.time() - call_started) * 1000, completion.output_tokens
+    )
+    return _RunEnd(
+        _End.SUCCESS, provider, completion=completion, number=number, is_terminus=is_terminus
+    ), 0
+
+
+async def _run_provider(walk: _Walk, run: _Run, *, is_terminus: bool) -> _RunEnd:
+    """Call one provider, retrying transient errors as :func:`rules.react` says."""
+    retries_left = walk.chain.health.transient_retries
+    try:
+        while True:
+            end, retries_left = await _call_once(
+                walk, run, is_terminus=is_terminus, retries_left=retries_left
+            )
+            if end is not None:
+                return end
+    finally:
+        if run.trial:
+            walk.board.trials.discard(run.provider.name)
+
+
+def _start_next(walk: _Walk, *, hedge: bool) -> tuple[_Run, Awaitable[_RunEnd]] | None:
+    """Move the cursor to the next provider that is not skipped and prepare its run.
+
+    Skipped providers are recorded as such. For a hedge the next provider must not be a
+    jobs provider (a hedge never starts a job): then nothing starts and the cursor stays.
+    """
+    last = len(walk.providers) - 1
+    while walk.cursor <= last:
+        index = walk.cursor
+        provider = walk.providers[index]
+        if hedge and not rules.may_hedge_to(provider):
+            return None
+        walk.cursor += 1
+        is_terminus = index == last
+        _announce_move(walk, provider, hedge=hedge)
+        at = walk.now()
+        state = walk.board.get(provider.name)
+        skip = rules.skip_for(
+            provider,
+            state,
+            request=walk.request,
+            now=at,
+            is_terminus=is_terminus,
+            trial_busy=provider.name in walk.board.trials,
+        ) or rules.spill_for(index, walk.providers, walk.board, request=walk.request, now=at)
+        if skip is not None:
+            walk.record(
+                provider,
+                Attempt(
+                    provider=provider.name,
+                    outcome=skip.outcome,
+                    error=skip.reason,
+                    started_at=utc(at),
+                ),
+            )
+            prefix = "" if skip.outcome is AttemptOutcome.UNSUPPORTED else "skipped: "
+            walk.reasons.append((provider.name, f"{prefix}{skip.reason}"))
+            if skip.saturated:
+                walk.observer.on_saturated(provider, skip.reason)
+            continue
+        trial = state.benchings > 0 and not is_terminus
+        if trial:
+            walk.board.trials.add(provider.name)
+        run = _Run(
+            provider=provider, hedged=hedge, started=asyncio.get_running_loop().time(), trial=trial
+        )
+        return run, _run_provider(walk, run, is_terminus=is_terminus)
+    return None
+
+
+def _announce_move(walk: _Walk, provider: ProviderSpec, *, hedge: bool) -> None:
+    """Failover (and spillover out of Sovereign) hooks when the walk moves on.
+
+    A hedge is no failover (the slow call goes on), but leaving Sovereign is a spillover.
+    """
+    previous = walk.previous
+    walk.previous = provider
+    if previous is None:
+        return
+    if not hedge:
+        walk.observer.on_failover(previous, provider, walk.reasons[-1][1] if walk.reasons else "")
+    if (
+        previous.privacy_tier is PrivacyTier.SOVEREIGN
+        and provider.privacy_tier is not PrivacyTier.SOVEREIGN
+    ):
+        walk.observer.on_spillover(previous, provider)
+
+
+def _success(walk: _Walk, end: _RunEnd, started: float) -> ExecutionResult:
+    assert end.completion is not None
+    loop = asyncio.get_running_loop()
+    return ExecutionResult(
+        attempts=tuple(walk.attempts),
+        completion=end.completion,
+        provider=end.provider.name,
+        attempt=end.number,
+        was_terminus=end.is_terminus,
+        latency_ms=int((loop.time() - started) * 1000),
+        cost_usd=cost_of(end.provider, end.completion),
+        hedged=any(a.hedged for a in walk.attempts),
+        extra_cost_usd=walk.extra_cost,
+    )
+
+
+async def _cancel_all(walk: _Walk, running: dict[asyncio.Task[_RunEnd], _Run], reason: str) -> None:
+    """Cancel the runs still in flight; each records a Cancelled attempt with ``reason``.
+
+    A run cancelled before its first step never enters its ``finally``, so its half-open
+    trial is released here as well.
+    """
+    for task, run in running.items():
+        run.cancel_reason = reason
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
+    for run in running.values():
+        if run.trial:
+            walk.board.trials.discard(run.provider.name)
+    running.clear()
+
+
+# --------------------------------------------------------------------------- executor
 
 
 async def execute(
@@ -201,6 +474,7 @@ async def execute(
     observer: ChainObserver | None = None,
     resume: Resume | None = None,
     on_job_submitted: Callable[[str, str, str, int], Awaitable[None]] | None = None,
+    hedge: HedgeSpec | None = None,
 ) -> ExecutionResult:
     """Run ``request`` through ``eligible`` (a routing decision's providers).
 
@@ -209,234 +483,169 @@ async def execute(
     ``task_key`` (the task's uid) seeds idempotency keys: ``{task_key}-{provider}-{n}``
     for the n-th call of this task to that provider, so a replay after a crash sends
     the same key. ``on_job_submitted(provider, job_id, key, attempt)`` is awaited when
-    a jobs provider accepted work, before waiting on it.
+    a jobs provider accepted work, before waiting on it. ``hedge`` is the task's
+    ``spec.hedge``. A result with ``wait`` set did not call anything: every provider is
+    benched and the caller should run the task again at ``wait.until``.
     """
-    observer = observer or _NO_OBSERVER
-    keys = api_keys or {}
     loop = asyncio.get_running_loop()
     started = loop.time()
-    deadline = None if timeout_seconds is None else started + timeout_seconds
-    attempts: list[Attempt] = list(resume.attempts if resume else ())
-    reasons: list[tuple[str, str]] = []
+    walk = _new_walk(
+        chain,
+        eligible,
+        request,
+        call,
+        board,
+        now,
+        observer,
+        api_keys,
+        task_key,
+        timeout_seconds,
+        on_job_submitted,
+        resume,
+        rotation,
+    )
+    if not walk.providers:
+        return walk.failed("NoEligibleProvider", _no_provider_message(chain, eligible))
+    if walk.resume_job is None:
+        at = now()
+        deadline = None if timeout_seconds is None else at + timeout_seconds
+        wait = rules.plan_wait(walk.providers, board, now=at, deadline=deadline)
+        if wait is not None:
+            return ExecutionResult(
+                attempts=tuple(walk.attempts),
+                failure_reason="WaitingForProvider",
+                failure_message=_wait_message(walk, wait, now=at),
+                wait=wait,
+            )
+    return await _race(walk, hedge, started)
+
+
+def _new_walk(
+    chain: ProviderChainSpec,
+    eligible: Sequence[str],
+    request: RequestSpec,
+    call: ProviderCall,
+    board: HealthBoard,
+    now: Callable[[], float],
+    observer: ChainObserver | None,
+    api_keys: dict[str, str | None] | None,
+    task_key: str,
+    timeout_seconds: float | None,
+    on_job_submitted: Callable[[str, str, str, int], Awaitable[None]] | None,
+    resume: Resume | None,
+    rotation: int,
+) -> _Walk:
+    """The walk's starting state: providers in order, and where a resumed one stands."""
     order = ordered_for_strategy(chain, eligible, rotation=rotation)
-    specs = [chain.provider(name) for name in order]
-    providers = [p for p in specs if p is not None]
-    if not providers:
-        return ExecutionResult(
-            attempts=tuple(attempts),
-            failure_reason="NoEligibleProvider",
-            failure_message="no provider is eligible",
-        )
-    start_index = 0
-    resume_job = None
-    if resume is not None and resume.provider is not None:
-        names = [p.name for p in providers]
-        if resume.provider in names:
-            start_index = names.index(resume.provider)
-            resume_job = resume.job_id
-    calls_to: dict[str, int] = {}
-    for earlier in attempts:
+    providers = [p for p in (chain.provider(name) for name in order) if p is not None]
+    loop = asyncio.get_running_loop()
+    walk = _Walk(
+        chain=chain,
+        providers=providers,
+        request=request,
+        call=call,
+        board=board,
+        now=now,
+        observer=observer or _NO_OBSERVER,
+        keys=api_keys or {},
+        task_key=task_key,
+        timeout_seconds=timeout_seconds,
+        deadline=None if timeout_seconds is None else loop.time() + timeout_seconds,
+        on_job_submitted=on_job_submitted,
+        attempts=list(resume.attempts if resume else ()),
+    )
+    for earlier in walk.attempts:
         if earlier.outcome != SKIPPED:
-            calls_to[earlier.provider] = calls_to.get(earlier.provider, 0) + 1
+            walk.calls_to[earlier.provider] = walk.calls_to.get(earlier.provider, 0) + 1
     # A resumed job's own call is not in ``attempts`` (it was persisted as pending), so
     # counting earlier calls gives it the same number, and the same key, as before.
+    names = [p.name for p in providers]
+    if resume is not None and resume.provider is not None and resume.provider in names:
+        walk.cursor = names.index(resume.provider)
+        walk.resume_job = resume.job_id
+    return walk
 
-    def record(provider: ProviderSpec, attempt: Attempt) -> None:
-        attempts.append(attempt)
-        observer.on_attempt(provider, attempt)
 
-    previous: ProviderSpec | None = None
-    last_index = len(providers) - 1
-    for index in range(start_index, len(providers)):
-        provider = providers[index]
-        is_terminus = index == last_index
-        if previous is not None:
-            observer.on_failover(previous, provider, reasons[-1][1] if reasons else "")
-            if (
-                previous.privacy_tier is PrivacyTier.SOVEREIGN
-                and provider.privacy_tier is not PrivacyTier.SOVEREIGN
-            ):
-                observer.on_spillover(previous, provider)
-        previous = provider
-        state = board.get(provider.name)
-        at = now()
-        if not is_terminus and (state.excluded or state.is_benched(at)):
-            why = (
-                "excluded (unhealthy)"
-                if state.excluded
-                else f"cooling down until {_utc(state.cooldown_until or at).isoformat()}"
-            )
-            record(
-                provider,
-                Attempt(provider=provider.name, outcome=SKIPPED, error=why, started_at=_utc(at)),
-            )
-            reasons.append((provider.name, f"skipped: {why}"))
-            continue
-        miss = capability_miss(provider, request)
-        if miss is not None:
-            error = UnsupportedRequestError(miss)
-            record(
-                provider,
-                Attempt(
-                    provider=provider.name,
-                    outcome=AttemptOutcome(error.kind.value),
-                    error=miss,
-                    started_at=_utc(at),
-                ),
-            )
-            reasons.append((provider.name, miss))
-            continue
-        # Half-open: once a benching has run out, one request tries the provider again
-        # while the others keep skipping it, so a recovering provider is not stampeded.
-        trial = state.benchings > 0 and not is_terminus
-        if trial and provider.name in board.trials:
-            why = "half-open after a benching: another request is trying it"
-            record(
-                provider,
-                Attempt(provider=provider.name, outcome=SKIPPED, error=why, started_at=_utc(at)),
-            )
-            reasons.append((provider.name, f"skipped: {why}"))
-            continue
-        if trial:
-            board.trials.add(provider.name)
-        retries_left = chain.health.transient_retries
-        try:
-            while True:
-                number = len(attempts) + 1
-                calls_to[provider.name] = calls_to.get(provider.name, 0) + 1
-                key = f"{task_key}-{provider.name}-{calls_to[provider.name]}"
-                job_id_seen: list[str] = []
+def _no_provider_message(chain: ProviderChainSpec, eligible: Sequence[str]) -> str:
+    if eligible and ordered_for_strategy(chain, eligible) == []:
+        return (
+            f"no provider is eligible: strategy FallbackOnly skips the chain's head "
+            f"({chain.providers[0].name}) and the routing decision allows nothing else"
+        )
+    return "no provider is eligible"
 
-                submitted = _job_hook(
-                    on_job_submitted,
-                    provider=provider.name,
-                    key=key,
-                    attempt=number,
-                    seen=job_id_seen,
-                )
-                context = CallContext(
-                    timeout=provider.timeout_seconds,
-                    api_key=keys.get(provider.name),
-                    idempotency_key=key,
-                    resume_job_id=resume_job,
-                    on_job_submitted=submitted,
-                )
-                if resume_job is not None:
-                    job_id_seen.append(resume_job)
-                resume_job = None
-                call_started = loop.time()
-                started_at = _utc(now())
-                remaining = None if deadline is None else deadline - call_started
-                try:
-                    if remaining is not None and remaining <= 0:
-                        raise TimeoutError
-                    if remaining is None:
-                        completion = await call(provider, request, context)
-                    else:
-                        async with asyncio.timeout(remaining):
-                            completion = await call(provider, request, context)
-                except TimeoutError:
-                    latency = int((loop.time() - call_started) * 1000)
-                    message = f"task deadline of {timeout_seconds:g}s exceeded"
-                    record(
-                        provider,
-                        Attempt(
-                            provider=provider.name,
-                            outcome=AttemptOutcome.DEADLINE,
-                            error=message,
-                            latency_ms=latency,
-                            started_at=started_at,
-                            job_id=job_id_seen[-1] if job_id_seen else None,
-                        ),
-                    )
-                    return ExecutionResult(
-                        attempts=tuple(attempts),
-                        failure_reason="DeadlineExceeded",
-                        failure_message=message,
-                    )
-                except ProviderError as error:
-                    latency = int((loop.time() - call_started) * 1000)
-                    record(
-                        provider,
-                        Attempt(
-                            provider=provider.name,
-                            outcome=AttemptOutcome(error.kind.value),
-                            error=error.message,
-                            latency_ms=latency,
-                            started_at=started_at,
-                            job_id=job_id_seen[-1] if job_id_seen else None,
-                        ),
-                    )
-                    if isinstance(error, TransientError):
-                        outcome = board.failure(provider, error, now=now())
-                        if outcome.benched:
-                            observer.on_benched(provider, outcome.cooldown_seconds, error.message)
-                            reasons.append((provider.name, error.message))
-                            break
-                        # Benched meanwhile (by a concurrent task): do not retry it, advance.
-                        benched_now = not is_terminus and outcome.health.is_benched(now())
-                        if retries_left > 0 and not benched_now:
-                            retries_left -= 1
-                            continue
-                        reasons.append((provider.name, error.message))
-                        break
-                    if isinstance(error, ModelNotFoundError | UnsupportedRequestError):
-                        reasons.append((provider.name, error.message))
-                        break
-                    if isinstance(error, QuotaExhaustedError):
-                        quota = board.quota_exhausted(provider, error, now=now())
-                        if quota.benched:
-                            observer.on_quota_exhausted(
-                                provider, quota.cooldown_seconds, error.message
-                            )
-                        reasons.append((provider.name, error.message))
-                        break
-                    reasons.append((provider.name, error.message))
-                    if isinstance(error, ContentPolicyError):
-                        if chain.advance_on_content_policy:
-                            break
-                        return ExecutionResult(
-                            attempts=tuple(attempts),
-                            failure_reason="ContentPolicy",
-                            failure_message=f"{provider.name}: {error.message} (not retried "
-                            "elsewhere: advanceOnContentPolicy is false)",
-                        )
-                    # PermanentError (and any unknown subclass) fails fast unless told otherwise.
-                    if chain.advance_on_permanent_error:
-                        break
-                    return ExecutionResult(
-                        attempts=tuple(attempts),
-                        failure_reason=error.kind.value,
-                        failure_message=f"{provider.name}: {error.message} (not retried: "
-                        "failing over cannot fix a bad request or key)",
-                    )
-                else:
-                    latency = int((loop.time() - call_started) * 1000)
-                    record(
-                        provider,
-                        Attempt(
-                            provider=provider.name,
-                            outcome=SUCCEEDED,
-                            latency_ms=latency,
-                            started_at=started_at,
-                            job_id=completion.job_id or (job_id_seen[-1] if job_id_seen else None),
-                        ),
-                    )
-                    board.success(provider.name, now=now())
-                    return ExecutionResult(
-                        attempts=tuple(attempts),
-                        completion=completion,
-                        provider=provider.name,
-                        attempt=number,
-                        was_terminus=is_terminus,
-                        latency_ms=int((loop.time() - started) * 1000),
-                        cost_usd=cost_of(provider, completion),
-                    )
-        finally:
-            if trial:
-                board.trials.discard(provider.name)
-    return ExecutionResult(
-        attempts=tuple(attempts),
-        failure_reason="AllProvidersFailed",
-        failure_message=str(ChainExhaustedError(reasons)),
+
+def _wait_message(walk: _Walk, wait: rules.Wait, *, now: float) -> str:
+    return (
+        f"all {len(walk.providers)} eligible providers are cooling down; waiting for "
+        f"{wait.provider} until {utc(wait.until).isoformat()} ({wait.until - now:.1f}s)"
     )
+
+
+async def _race(walk: _Walk, hedge: HedgeSpec | None, started: float) -> ExecutionResult:
+    """Run providers one after another, plus hedges racing a slow one; first answer wins."""
+    loop = asyncio.get_running_loop()
+    running: dict[asyncio.Task[_RunEnd], _Run] = {}
+    extras = 0
+
+    def launch(*, as_hedge: bool) -> _Run | None:
+        prepared = _start_next(walk, hedge=as_hedge)
+        if prepared is None:
+            return None
+        run, coroutine = prepared
+        running[asyncio.ensure_future(coroutine)] = run
+        return run
+
+    try:
+        if launch(as_hedge=False) is None:
+            return _exhausted(walk)
+        while running:
+            timer = _hedge_timer(walk, hedge, running, extras, loop.time())
+            done, _ = await asyncio.wait(
+                running, timeout=timer, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                primary = max(running.values(), key=lambda r: r.started).provider
+                hedged = launch(as_hedge=True)
+                extras += 1  # counted even when nothing could start: no second try
+                if hedged is not None:
+                    walk.observer.on_hedge(primary, hedged.provider, timer or 0.0)
+                continue
+            ends = [(task.result(), running.pop(task)) for task in done]
+            ends.sort(key=lambda pair: pair[0].end is not _End.SUCCESS)
+            end, _run = ends[0]
+            if end.end is _End.SUCCESS:
+                await _cancel_all(walk, running, f"cancelled: {end.provider.name} answered first")
+                return _success(walk, end, started)
+            failed = next((e for e, _ in ends if e.end is _End.FAIL), None)
+            if failed is not None:
+                await _cancel_all(
+                    walk, running, f"cancelled: the task failed ({failed.failure_reason})"
+                )
+                return walk.failed(failed.failure_reason, failed.failure_message)
+            if not running and launch(as_hedge=False) is None:
+                break
+    finally:
+        await _cancel_all(walk, running, "")
+    return _exhausted(walk)
+
+
+def _hedge_timer(
+    walk: _Walk,
+    hedge: HedgeSpec | None,
+    running: dict[asyncio.Task[_RunEnd], _Run],
+    extras: int,
+    now: float,
+) -> float | None:
+    """Seconds until the next hedge may start, or None when no hedge will."""
+    if hedge is None or extras >= hedge.max_extra or walk.cursor >= len(walk.providers):
+        return None
+    latest = max(running.values(), key=lambda r: r.started)
+    delay = rules.hedge_delay(hedge, walk.board.latency.get(latest.provider.name))
+    if delay is None:
+        return None
+    return max(latest.started + delay - now, 0.0)
+
+
+def _exhausted(walk: _Walk) -> ExecutionResult:
+    return walk.failed("AllProvidersFailed", str(ChainExhaustedError(walk.reasons)))

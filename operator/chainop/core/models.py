@@ -618,6 +618,21 @@ class Condition(_StatusModel):
 # --------------------------------------------------------------------------- chain status
 
 
+class LoadStatus(_StatusModel):
+    """The last reading of a provider's load signal."""
+
+    waiting: float = Field(default=0, ge=0, description="Requests waiting in the server's queue.")
+    running: float = Field(default=0, ge=0, description="Requests being served.")
+    kv_cache_usage: float | None = Field(
+        default=None, ge=0, le=1, description="KV cache usage, 0-1 (unset if not published)."
+    )
+    observed_at: datetime | None = Field(default=None, description="When it was read.")
+    saturated: str = Field(
+        default="",
+        description="Why the provider counts as saturated, e.g. 'saturated: 12 waiting ≥ 8'.",
+    )
+
+
 class ProviderStatus(_StatusModel):
     """Observed health of one provider, and the bookkeeping that survives restarts."""
 
@@ -668,21 +683,6 @@ class ProviderStatus(_StatusModel):
     )
     load: LoadStatus | None = Field(
         default=None, description="The last load-signal reading (providers with loadSignal)."
-    )
-
-
-class LoadStatus(_StatusModel):
-    """The last reading of a provider's load signal."""
-
-    waiting: float = Field(default=0, ge=0, description="Requests waiting in the server's queue.")
-    running: float = Field(default=0, ge=0, description="Requests being served.")
-    kv_cache_usage: float | None = Field(
-        default=None, ge=0, le=1, description="KV cache usage, 0-1 (unset if not published)."
-    )
-    observed_at: datetime | None = Field(default=None, description="When it was read.")
-    saturated: str = Field(
-        default="",
-        description="Why the provider counts as saturated, e.g. 'saturated: 12 waiting ≥ 8'.",
     )
 
 
