@@ -62,6 +62,26 @@ class Metrics:
             ["namespace", "chain", "provider", "state"],
             registry=r,
         )
+        # Load signals (the last reading of a provider with loadSignal; see providers/loadsignal)
+        self.provider_load_waiting = Gauge(
+            "chainop_provider_load_waiting",
+            "Requests waiting in the provider's server queue, at the last load-signal read.",
+            ["namespace", "chain", "provider"],
+            registry=r,
+        )
+        self.provider_load_running = Gauge(
+            "chainop_provider_load_running",
+            "Requests the provider's server was serving, at the last load-signal read.",
+            ["namespace", "chain", "provider"],
+            registry=r,
+        )
+        self.provider_kv_cache_usage = Gauge(
+            "chainop_provider_kv_cache_usage",
+            "KV cache in use (0-1) on the provider's server, at the last load-signal read "
+            "(absent when the server does not publish it).",
+            ["namespace", "chain", "provider"],
+            registry=r,
+        )
         self.exclusions = Counter(
             "chainop_exclusions_total",
             "Times self-healing excluded a provider from its chain's active order.",
@@ -152,11 +172,37 @@ class Metrics:
                 1.0 if candidate is state else 0.0
             )
 
+    def set_provider_load(
+        self,
+        *,
+        namespace: str,
+        chain: str,
+        provider: str,
+        waiting: float,
+        running: float,
+        kv_cache_usage: float | None,
+    ) -> None:
+        """Set the load gauges from one reading (KV usage dropped when not published)."""
+        self.provider_load_waiting.labels(namespace, chain, provider).set(waiting)
+        self.provider_load_running.labels(namespace, chain, provider).set(running)
+        if kv_cache_usage is None:
+            with contextlib.suppress(KeyError):
+                self.provider_kv_cache_usage.remove(namespace, chain, provider)
+        else:
+            self.provider_kv_cache_usage.labels(namespace, chain, provider).set(kv_cache_usage)
+
     def forget_provider(self, *, namespace: str, chain: str, provider: str) -> None:
-        """Drop the state series of a provider that left its chain."""
+        """Drop the state and load series of a provider that left its chain."""
         for candidate in ProviderState:
             with contextlib.suppress(KeyError):
                 self.provider_state.remove(namespace, chain, provider, candidate.value)
+        for gauge in (
+            self.provider_load_waiting,
+            self.provider_load_running,
+            self.provider_kv_cache_usage,
+        ):
+            with contextlib.suppress(KeyError):
+                gauge.remove(namespace, chain, provider)
 
     def serve(self, port: int, *, address: str = "0.0.0.0") -> None:
         """Expose ``/metrics`` on ``port`` (a daemon thread of prometheus_client)."""
