@@ -29,6 +29,7 @@ from chainop.core.models import (
     PrivacyTier,
     ProviderChainSpec,
     ProviderSpec,
+    Strategy,
 )
 
 
@@ -129,3 +130,24 @@ def effective_privacy_tier(chain: ProviderChainSpec) -> PrivacyTier | None:
     tiers = {p.privacy_tier for p in chain.providers}
     reachable = [tier for tier in PRIVACY_ORDER if tier in tiers]
     return reachable[-1] if reachable else None
+
+
+def apply_strategy(chain: ProviderChainSpec, decision: RoutingDecision) -> RoutingDecision:
+    """The decision as the chain's strategy narrows it, when that changes who is tried.
+
+    Only ``FallbackOnly`` changes the decision itself (the chain's head is left out, to
+    drain it or test the fallback path); PrimaryOnly and RoundRobin are applied per
+    execution. Purely computational.
+    """
+    if chain.strategy is not Strategy.FALLBACK_ONLY:
+        return decision
+    head = chain.providers[0].name
+    if head not in decision.providers:
+        return decision
+    rest = tuple(name for name in decision.providers if name != head)
+    reason = f"{decision.reason}; strategy FallbackOnly skips the head ({head})"
+    if not rest:
+        reason += " and nothing else is eligible"
+    return RoutingDecision(
+        providers=rest, reason=reason, rule=decision.rule, local_only=decision.local_only
+    )

@@ -23,12 +23,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from chainop.core import adaptive, conditions, routing
 from chainop.core import chain as executor
-from chainop.core import conditions, routing
 from chainop.core.chain import ChainObserver, ExecutionResult, Resume
 from chainop.core.models import (
     API_VERSION,
     Attempt,
+    AttemptOutcome,
     Condition,
     Decision,
     DelegatedTaskSpec,
@@ -131,6 +132,39 @@ class TaskObserver(ChainObserver):
         m.provider_requests.labels(*labels).inc()
         if attempt.outcome != executor.SKIPPED:
             m.provider_latency.labels(*labels).observe(attempt.latency_ms / 1000)
+        if attempt.hedged and attempt.outcome != executor.SKIPPED:
+            result = {
+                AttemptOutcome.SUCCEEDED: "won",
+                AttemptOutcome.CANCELLED: "lost",
+            }.get(attempt.outcome, "failed")
+            m.hedges.labels(self.chain.namespace, self.chain.name, provider.name, result).inc()
+
+    def on_saturated(self, provider: ProviderSpec, reason: str) -> None:
+        self.runtime.metrics.saturated_skips.labels(
+            self.chain.namespace, self.chain.name, provider.name
+        ).inc()
+        # On the chain, in words without the changing figures, so the 30 s de-duplication
+        # of Events keeps a burst of spilled tasks to one Event per provider.
+        self.runtime.event(
+            self.chain.ref,
+            type="Normal",
+            reason="Saturated",
+            message=(
+                f"{provider.name} is saturated by its load signal; tasks allowed to go "
+                "further skip it (see the tasks' attempts for the figures)"
+            ),
+        )
+
+    def on_hedge(self, primary: ProviderSpec, hedge: ProviderSpec, after_seconds: float) -> None:
+        self.runtime.event(
+            self.task.object_ref,
+            type="Normal",
+            reason="Hedged",
+            message=(
+                f"{primary.name} had not answered after {after_seconds * 1000:.0f}ms; "
+                f"an extra attempt started on {hedge.name}"
+            ),
+        )
 
     def on_failover(
         self, from_provider: ProviderSpec, to_provider: ProviderSpec, reason: str
@@ -381,6 +415,8 @@ class TaskRunner:
             return
         self._cancel_deadline(ref.uid)
         decision = routing.decide(chain.spec, spec, active_order=chain.active_order())
+        decision = routing.apply_strategy(chain.spec, decision)
+        decision = adaptive.adapt(chain.spec, decision, chain.board.latency)
         decided = Decision(
             provider=decision.provider, reason=decision.reason, providers=list(decision.providers)
         )
@@ -397,7 +433,7 @@ class TaskRunner:
             return
         async with self.slots:
             await self.execute(
-                ref, previous, spec, chain, decided, start=start, remaining=remaining
+                ref, body, previous, spec, chain, decided, start=start, remaining=remaining
             )
 
     async def wait_for_chain(
@@ -469,6 +505,7 @@ class TaskRunner:
     async def execute(
         self,
         ref: TaskRef,
+        body: dict[str, Any],
         previous: DelegatedTaskStatus,
         spec: DelegatedTaskSpec,
         chain: ChainRuntime,
@@ -554,6 +591,7 @@ class TaskRunner:
                 observer=Progress(self.runtime, chain, ref),
                 resume=resume,
                 on_job_submitted=job_submitted,
+                hedge=spec.hedge,
             )
         )
         try:
@@ -567,7 +605,73 @@ class TaskRunner:
             if not work.done():
                 work.cancel()
             metrics.tasks_in_flight.dec()
+        if result.wait is not None:
+            await self.wait_for_provider(ref, body, previous, chain, decided, result, start=start)
+            return
         await self.conclude(ref, previous, chain, decided, result, start=start)
+
+    async def wait_for_provider(
+        self,
+        ref: TaskRef,
+        body: dict[str, Any],
+        previous: DelegatedTaskStatus,
+        chain: ChainRuntime,
+        decided: Decision,
+        result: ExecutionResult,
+        *,
+        start: float,
+    ) -> None:
+        """Every eligible provider is benched: park the task until the earliest recovers.
+
+        The executor only waits when the cooldown ends before the task's deadline. The
+        status says whom it waits for and until when (Progressing=False,
+        WaitingForProvider), written once per distinct wait; a timer runs the task again
+        at that time, from status, like any other run (so an operator restart meanwhile
+        loses nothing: the next operator decides again).
+        """
+        assert result.wait is not None
+        now = self.runtime.clock()
+        message = result.failure_message
+        existing = conditions.get_condition(previous.conditions, PROGRESSING)
+        waiting = previous
+        if (
+            existing is None
+            or existing.reason != "WaitingForProvider"
+            or existing.message != message
+        ):
+            conds = _task_conditions(
+                previous,
+                progressing=("False", "WaitingForProvider", message),
+                succeeded=("Unknown", "WaitingForProvider", message),
+                now=now,
+                generation=ref.generation,
+            )
+            waiting = previous.model_copy(
+                update={
+                    "phase": (
+                        TaskPhase.RUNNING
+                        if previous.phase is TaskPhase.RUNNING
+                        else TaskPhase.PENDING
+                    ),
+                    "decision": decided,
+                    "provider": decided.provider,
+                    "conditions": conds,
+                    "start_time": _time(start),
+                    "observed_generation": ref.generation,
+                }
+            )
+            if not await self.write(ref, waiting):
+                return
+            self.runtime.metrics.task_waits.labels(ref.namespace, chain.name).inc()
+            self.runtime.event(
+                ref.object_ref, type="Normal", reason="WaitingForProvider", message=message
+            )
+        # Run again when the cooldown ends, from the status just written.
+        again = {**body, "status": waiting.model_dump(by_alias=True, mode="json")}
+        self._cancel_deadline(ref.uid)
+        self.deadline_timers[ref.uid] = asyncio.get_running_loop().call_later(
+            max(result.wait.until - now, 0.0) + 0.05, self._wake, again
+        )
 
     async def conclude(
         self,
@@ -641,6 +745,8 @@ class TaskRunner:
             latency_ms=result.latency_ms,
             attempt=result.attempt,
             was_terminus=result.was_terminus,
+            hedged=result.hedged,
+            extra_cost_usd=result.extra_cost_usd,
             output_config_map=config_map,
         )
         where = f" (answer in ConfigMap {config_map})" if config_map else ""
