@@ -16,7 +16,12 @@
 * mode ``reply`` sends exactly the given status, headers and body, also with fail_next;
 * FakeBackendThread (sync) and FakeBackendControl (another process) steer it the same way;
 * the CLI prints its listening line and serves until terminated;
-* stopping a backend with a hung request in flight finishes.
+* stopping a backend with a hung request in flight finishes;
+* the queue, as a real vLLM serves: ``max_concurrency`` requests run at once, the others
+  wait in arrival order; ``/metrics`` tells both (vLLM's names, labels, HELP/TYPE lines,
+  read with ``prometheus_client``'s parser as chainop reads it), the old cache gauge on
+  request; a client that goes away leaves the queue; a larger limit admits waiters;
+  refusals never queue; ``/metrics`` is no counted route; the CLI's ``--max-concurrency``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from chainop.testing.fake_backend import (
     ControlError,
@@ -429,6 +435,259 @@ def test_cli_serves_the_named_models() -> None:
             assert [model["id"] for model in listing["data"]] == ["qwen", "llama"]
             other = client.post(url + "/v1/chat/completions", json=CHAT)
             assert other.status_code == 404
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+# --------------------------------------------------------------------------- the queue
+
+QUEUE_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
+
+
+async def metrics(http: httpx.AsyncClient, fake: FakeBackend) -> dict[str, Any]:
+    """``/metrics`` parsed as chainop parses it: name -> (value, labels, help, type)."""
+    response = await http.get(fake.url + "/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        family.name: (sample.value, sample.labels, family.documentation, family.type)
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+async def queue_of(http: httpx.AsyncClient, fake: FakeBackend) -> tuple[float, float]:
+    """(running, waiting) as ``/metrics`` says."""
+    read = await metrics(http, fake)
+    return read["vllm:num_requests_running"][0], read["vllm:num_requests_waiting"][0]
+
+
+async def until_queue(
+    http: httpx.AsyncClient, fake: FakeBackend, running: int, waiting: int
+) -> None:
+    """Poll ``/metrics`` until it shows this queue (the server has no event to await)."""
+    for _ in range(500):
+        if await queue_of(http, fake) == (running, waiting):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(
+        f"queue never {running} running / {waiting} waiting: {await queue_of(http, fake)}"
+    )
+
+
+async def test_n_served_at_once_the_others_wait_and_metrics_show_them(
+    http: httpx.AsyncClient,
+) -> None:
+    async with FakeBackend(name="q", models=["qwen"], max_concurrency=2) as fake:
+        fake.set_mode("hang", fail_next=5)  # five requests that hold their slot for ever
+        body = {**CHAT, "model": "qwen"}
+        calls = [
+            asyncio.create_task(http.post(fake.url + "/v1/chat/completions", json=body))
+            for _ in range(5)
+        ]
+        await until_queue(http, fake, running=2, waiting=3)
+        read = await metrics(http, fake)
+        assert read["vllm:num_requests_running"] == (
+            2.0,
+            {"model_name": "qwen", "engine": "0"},
+            "Number of requests in model execution batches.",
+            "gauge",
+        )
+        assert read["vllm:num_requests_waiting"][1:] == (
+            {"model_name": "qwen", "engine": "0"},
+            "Number of requests waiting to be processed.",
+            "gauge",
+        )
+        assert read["vllm:kv_cache_usage_perc"][0] == 1.0  # a full batch: a full cache
+        assert "vllm:gpu_cache_usage_perc" not in read
+        assert fake.stats["engine"] == {"running": 2, "waiting": 3, "max_concurrency": 2}
+        assert not any(call.done() for call in calls)
+        for call in calls:
+            call.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+        await until_queue(http, fake, running=0, waiting=0)
+        assert fake.stats["cancelled"] == {"openai": 5}
+
+
+async def test_waiters_are_served_in_arrival_order(http: httpx.AsyncClient) -> None:
+    async with FakeBackend(name="fifo", max_concurrency=1) as fake:
+        fake.configure(service_ms=30)
+        done: list[str] = []
+
+        async def ask(text: str) -> None:
+            body = {"model": "m1", "messages": [{"role": "user", "content": text}]}
+            reply = await http.post(fake.url + "/v1/chat/completions", json=body)
+            done.append(reply.json()["choices"][0]["message"]["content"])
+
+        tasks = []
+        for number in range(4):  # one at a time into the queue, so the arrival order is known
+            tasks.append(asyncio.create_task(ask(f"n{number}")))
+            while fake.stats["requests"].get("openai", 0) <= number:  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+        await asyncio.gather(*tasks)
+        assert done == [f"[fifo] echo: n{number}" for number in range(4)]
+
+
+async def test_slow_mode_is_the_service_time_inside_the_slot(http: httpx.AsyncClient) -> None:
+    async with FakeBackend(name="slow", max_concurrency=1) as fake:
+        fake.set_mode("slow", delay_ms=300)
+        first = asyncio.create_task(chat(http, fake))
+        await until_queue(http, fake, running=1, waiting=0)
+        second = asyncio.create_task(chat(http, fake))
+        await until_queue(http, fake, running=1, waiting=1)  # held up behind the slow one
+        assert [r.status_code for r in await asyncio.gather(first, second)] == [200, 200]
+        assert await queue_of(http, fake) == (0, 0)
+
+
+async def test_a_client_that_leaves_gives_up_its_place(http: httpx.AsyncClient) -> None:
+    async with FakeBackend(name="leave", max_concurrency=1) as fake:
+        fake.set_mode("hang", fail_next=1)
+        running = asyncio.create_task(chat(http, fake))
+        await until_queue(http, fake, running=1, waiting=0)
+        leaving = asyncio.create_task(chat(http, fake))
+        await until_queue(http, fake, running=1, waiting=1)
+        staying = asyncio.create_task(chat(http, fake))
+        await until_queue(http, fake, running=1, waiting=2)
+        leaving.cancel()  # the client closes its connection while queued
+        await until_queue(http, fake, running=1, waiting=1)
+        assert fake.stats["cancelled"] == {"openai": 1}
+        running.cancel()  # and the hung one: its slot goes to the next in line
+        assert (await staying).status_code == 200
+        assert fake.stats["cancelled"] == {"openai": 2}
+        assert await queue_of(http, fake) == (0, 0)
+
+
+async def test_a_larger_limit_admits_waiters_and_reset_restores_the_start_limit(
+    http: httpx.AsyncClient,
+) -> None:
+    async with FakeBackend(name="grow", max_concurrency=1) as fake:
+        fake.set_mode("hang", fail_next=1)
+        hung = asyncio.create_task(chat(http, fake))
+        await until_queue(http, fake, running=1, waiting=0)
+        waiting = asyncio.create_task(chat(http, fake))
+        await until_queue(http, fake, running=1, waiting=1)
+        fake.configure(max_concurrency=2)
+        assert (await waiting).status_code == 200
+        fake.configure(max_concurrency=None)
+        assert fake.stats["engine"]["max_concurrency"] is None
+        fake.reset()  # the hung request is still in flight, and still counted
+        assert fake.stats["engine"] == {"running": 1, "waiting": 0, "max_concurrency": 1}
+        hung.cancel()
+        await asyncio.gather(hung, return_exceptions=True)
+        await until_queue(http, fake, running=0, waiting=0)
+
+
+async def test_refusals_answer_at_once_past_a_full_queue(http: httpx.AsyncClient) -> None:
+    async with FakeBackend(name="full", models=["m1"], max_concurrency=1) as fake:
+        fake.set_mode("hang", fail_next=1)
+        hung = asyncio.create_task(chat(http, fake))
+        await until_queue(http, fake, running=1, waiting=0)
+        other_model = {**CHAT, "model": "not-served"}
+        assert (
+            await http.post(fake.url + "/v1/chat/completions", json=other_model)
+        ).status_code == 404
+        fake.set_mode("error", status=503)
+        assert (await chat(http, fake)).status_code == 503
+        fake.set_mode("rate_limit")
+        assert (await chat(http, fake)).status_code == 429
+        fake.set_mode("healthy")
+        assert (await http.get(fake.url + "/v1/models")).status_code == 200  # never queued
+        assert await queue_of(http, fake) == (1, 0)
+        hung.cancel()
+        await asyncio.gather(hung, return_exceptions=True)
+
+
+async def test_kv_cache_usage_follows_the_batch_or_is_pinned(
+    http: httpx.AsyncClient,
+) -> None:
+    async with FakeBackend(name="kv", max_concurrency=4) as fake:
+        assert (await metrics(http, fake))["vllm:kv_cache_usage_perc"][0] == 0.0
+        fake.set_mode("hang", fail_next=1)
+        hung = asyncio.create_task(chat(http, fake))
+        await until_queue(http, fake, running=1, waiting=0)
+        assert (await metrics(http, fake))["vllm:kv_cache_usage_perc"][0] == 0.25
+        fake.configure(kv_cache_usage=0.97)
+        assert (await metrics(http, fake))["vllm:kv_cache_usage_perc"][0] == 0.97
+        fake.configure(kv_cache_usage=None)
+        assert (await metrics(http, fake))["vllm:kv_cache_usage_perc"][0] == 0.25
+        hung.cancel()
+        await asyncio.gather(hung, return_exceptions=True)
+
+
+async def test_the_old_cache_gauge_replaces_the_new_one(
+    http: httpx.AsyncClient, backend: FakeBackend
+) -> None:
+    backend.configure(cache_metric="vllm:gpu_cache_usage_perc")
+    read = await metrics(http, backend)
+    assert "vllm:kv_cache_usage_perc" not in read
+    value, labels, documentation, kind = read["vllm:gpu_cache_usage_perc"]
+    assert (value, kind) == (0.0, "gauge")
+    assert labels == {"model_name": "beta-model", "engine": "0"}  # unset models: NAME-model
+    assert documentation == "GPU KV-cache usage. 1 means 100 percent usage."
+
+
+async def test_metrics_is_public_uncounted_and_can_be_absent(
+    http: httpx.AsyncClient, backend: FakeBackend
+) -> None:
+    backend.configure(api_key="sekret")
+    backend.set_mode("error")  # modes are the engine's: the metrics endpoint still answers
+    assert set(QUEUE_GAUGES) <= set(await metrics(http, backend))
+    assert backend.stats["requests"] == {}
+    assert backend.stats["metrics_reads"] == 1
+    backend.configure(metrics=False)
+    assert (await http.get(backend.url + "/metrics")).status_code == 404
+    assert backend.stats["metrics_reads"] == 2
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"max_concurrency": 0},
+        {"max_concurrency": "2"},
+        {"max_concurrency": True},
+        {"service_ms": -1},
+        {"kv_cache_usage": 1.5},
+        {"cache_metric": "vllm:cache"},
+        {"metrics": "no"},
+    ],
+)
+async def test_bad_queue_settings_are_refused(
+    http: httpx.AsyncClient, backend: FakeBackend, settings: dict[str, Any]
+) -> None:
+    before = (await http.get(backend.url + "/_control")).json()
+    response = await http.post(backend.url + "/_control", json=settings)
+    assert response.status_code == 400
+    assert (await http.get(backend.url + "/_control")).json() == before
+
+
+def test_cli_max_concurrency_and_service_time() -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "chainop.testing.fake_backend",
+            "--port",
+            "0",
+            "--max-concurrency",
+            "3",
+            "--service-ms",
+            "5",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip().rsplit(" ", 1)[1]
+        control = FakeBackendControl(url)
+        assert control.stats()["engine"]["max_concurrency"] == 3
+        settings = control.set()["settings"]
+        assert (settings["max_concurrency"], settings["service_ms"]) == (3, 5.0)
+        with httpx.Client(timeout=5.0) as client:
+            assert client.post(url + "/v1/chat/completions", json=CHAT).status_code == 200
     finally:
         process.terminate()
         assert process.wait(timeout=10) == 0
