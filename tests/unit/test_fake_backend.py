@@ -37,6 +37,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from chainop.testing.fake_backend import (
+    FULL_BATCH_KV_CACHE_USAGE,
     ControlError,
     FakeBackend,
     FakeBackendControl,
@@ -501,7 +502,8 @@ async def test_n_served_at_once_the_others_wait_and_metrics_show_them(
             "Number of requests waiting to be processed.",
             "gauge",
         )
-        assert read["vllm:kv_cache_usage_perc"][0] == 1.0  # a full batch: a full cache
+        # a full batch: below chainop's default maxKvCacheUsage, the queue decides
+        assert read["vllm:kv_cache_usage_perc"][0] == FULL_BATCH_KV_CACHE_USAGE
         assert "vllm:gpu_cache_usage_perc" not in read
         assert fake.stats["engine"] == {"running": 2, "waiting": 3, "max_concurrency": 2}
         assert not any(call.done() for call in calls)
@@ -608,11 +610,11 @@ async def test_kv_cache_usage_follows_the_batch_or_is_pinned(
         fake.set_mode("hang", fail_next=1)
         hung = asyncio.create_task(chat(http, fake))
         await until_queue(http, fake, running=1, waiting=0)
-        assert (await metrics(http, fake))["vllm:kv_cache_usage_perc"][0] == 0.25
+        assert (await metrics(http, fake))["vllm:kv_cache_usage_perc"][0] == 0.2  # 0.8 x 1/4
         fake.configure(kv_cache_usage=0.97)
         assert (await metrics(http, fake))["vllm:kv_cache_usage_perc"][0] == 0.97
         fake.configure(kv_cache_usage=None)
-        assert (await metrics(http, fake))["vllm:kv_cache_usage_perc"][0] == 0.25
+        assert (await metrics(http, fake))["vllm:kv_cache_usage_perc"][0] == 0.2
         hung.cancel()
         await asyncio.gather(hung, return_exceptions=True)
 

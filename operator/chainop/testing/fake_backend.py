@@ -107,12 +107,14 @@ and ``# TYPE`` lines::
 
     vllm:num_requests_running{engine="0",model_name="M"}  requests being served now
     vllm:num_requests_waiting{engine="0",model_name="M"}  requests queued behind them
-    vllm:kv_cache_usage_perc{engine="0",model_name="M"}   0-1: running / max_concurrency
+    vllm:kv_cache_usage_perc{engine="0",model_name="M"}   0-1: 0.8 x running / limit
 
-A full batch means a full KV cache -- that is when a real vLLM starts queueing -- so the
-fake reports ``running / max_concurrency`` (0 without a limit); the setting
-``kv_cache_usage`` (0-1, ``null`` to go back) pins the value instead, to test a KV-cache
-limit apart from the queue. ``cache_metric: "vllm:gpu_cache_usage_perc"`` publishes the
+The KV cache fills with the batch: ``FULL_BATCH_KV_CACHE_USAGE`` (0.8) x ``running /
+max_concurrency`` (0 without a limit) -- a server whose batch size (vLLM's
+``--max-num-seqs``), not its cache, makes requests queue, so a full batch stays below
+chainop's default ``maxKvCacheUsage`` (0.95) and the queue alone decides saturation. The
+setting ``kv_cache_usage`` (0-1, ``null`` to go back) pins the value instead, to test a
+KV-cache limit apart from the queue. ``cache_metric: "vllm:gpu_cache_usage_perc"`` publishes the
 old name, as vLLM up to 0.8 did (renamed in 0.9), instead of ``vllm:kv_cache_usage_perc``.
 ``metrics: false`` makes ``/metrics`` a 404, a server that exposes none. ``/metrics``
 follows no mode (vLLM's API server answers it from its own process, whatever the engine
@@ -175,6 +177,8 @@ METRIC_HELP: Final = {
 }
 #: The labels vLLM puts on every engine gauge (``labelnames`` in ``PrometheusStatLogger``).
 METRIC_LABELS: Final = ("model_name", "engine")
+#: KV-cache usage reported when every slot runs (see "Queue" in the module docstring).
+FULL_BATCH_KV_CACHE_USAGE: Final = 0.8
 #: The classic text exposition format, the one ``generate_latest`` writes.
 METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 MODES: Final = (
@@ -659,7 +663,11 @@ class _EngineGauges:
         engine = state.engine
         usage = settings.kv_cache_usage
         if usage is None:
-            usage = min(1.0, engine.running / engine.limit) if engine.limit else 0.0
+            usage = (
+                FULL_BATCH_KV_CACHE_USAGE * min(1.0, engine.running / engine.limit)
+                if engine.limit
+                else 0.0
+            )
         # vLLM labels its gauges with the served model name (the first one) and the engine.
         labels = [settings.models[0] if settings.models else f"{state.name}-model", "0"]
         for name, value in (
