@@ -31,6 +31,7 @@ import asyncio
 import enum
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from chainop.core import rules
 from chainop.core.board import HealthBoard
@@ -241,6 +242,32 @@ def _job_hook(
     return submitted
 
 
+@dataclass(slots=True)
+class _Call:
+    """One call in flight: what its attempt record needs."""
+
+    run: _Run
+    started: float
+    started_at: datetime
+    seen_jobs: list[str]
+
+    def attempt(self, outcome: AttemptOutcome, error: str = "", **extra: object) -> Attempt:
+        """The attempt record of this call, ending now."""
+        loop = asyncio.get_running_loop()
+        return Attempt.model_validate(
+            {
+                "provider": self.run.provider.name,
+                "outcome": outcome,
+                "error": error,
+                "latency_ms": int((loop.time() - self.started) * 1000),
+                "started_at": self.started_at,
+                "job_id": self.seen_jobs[-1] if self.seen_jobs else None,
+                "hedged": self.run.hedged,
+                **extra,
+            }
+        )
+
+
 async def _call_once(
     walk: _Walk, run: _Run, *, is_terminus: bool, retries_left: int
 ) -> tuple[_RunEnd | None, int]:
@@ -248,9 +275,7 @@ async def _call_once(
     provider = run.provider
     loop = asyncio.get_running_loop()
     number, key = walk.next_key(provider)
-    seen: list[str] = []
-    if walk.resume_job is not None:
-        seen.append(walk.resume_job)
+    seen = [walk.resume_job] if walk.resume_job is not None else []
     context = CallContext(
         timeout=provider.timeout_seconds,
         api_key=walk.keys.get(provider.name),
@@ -259,24 +284,8 @@ async def _call_once(
         on_job_submitted=_job_hook(walk, provider.name, key, number, seen),
     )
     walk.resume_job = None
-    call_started = loop.time()
-    started_at = utc(walk.now())
-
-    def attempt(outcome: AttemptOutcome, error: str = "", **extra: object) -> Attempt:
-        return Attempt.model_validate(
-            {
-                "provider": provider.name,
-                "outcome": outcome,
-                "error": error,
-                "latency_ms": int((loop.time() - call_started) * 1000),
-                "started_at": started_at,
-                "job_id": seen[-1] if seen else None,
-                "hedged": run.hedged,
-                **extra,
-            }
-        )
-
-    remaining = None if walk.deadline is None else walk.deadline - call_started
+    call = _Call(run=run, started=loop.time(), started_at=utc(walk.now()), seen_jobs=seen)
+    remaining = None if walk.deadline is None else walk.deadline - call.started
     try:
         if remaining is not None and remaining <= 0:
             raise TimeoutError
@@ -284,61 +293,66 @@ async def _call_once(
             completion = await walk.call(provider, walk.request, context)
     except TimeoutError:
         message = f"task deadline of {walk.timeout_seconds:g}s exceeded"
-        walk.record(provider, attempt(AttemptOutcome.DEADLINE, message))
-        return _RunEnd(
-            _End.FAIL, provider, failure_reason="DeadlineExceeded", failure_message=message
-        ), 0
+        walk.record(provider, call.attempt(AttemptOutcome.DEADLINE, message))
+        end = _RunEnd(_End.FAIL, provider, failure_reason="DeadlineExceeded")
+        end.failure_message = message
+        return end, 0
     except asyncio.CancelledError:
-        if run.cancel_reason:
+        if run.cancel_reason:  # outrun by a hedge (else: the whole task is cancelled)
             cost = rules.prompt_cost(provider, walk.request)
             walk.extra_cost += cost
             walk.record(
-                provider, attempt(AttemptOutcome.CANCELLED, run.cancel_reason, cost_usd=cost)
+                provider, call.attempt(AttemptOutcome.CANCELLED, run.cancel_reason, cost_usd=cost)
             )
         raise
     except ProviderError as error:
-        walk.record(provider, attempt(AttemptOutcome(error.kind.value), error.message))
-        verdict = rules.react(
-            error,
-            provider,
-            walk.board,
-            now=walk.now(),
-            is_terminus=is_terminus,
-            retries_left=retries_left,
-        )
-        if verdict.benched is not None:
-            walk.observer.on_benched(provider, verdict.benched.cooldown_seconds, error.message)
-        if verdict.quota is not None:
-            walk.observer.on_quota_exhausted(
-                provider, verdict.quota.cooldown_seconds, error.message
-            )
-        if verdict.next is rules.Next.RETRY:
-            return None, retries_left - 1
-        walk.reasons.append((provider.name, error.message))
-        if verdict.next is rules.Next.FAIL:
-            return _RunEnd(
-                _End.FAIL,
-                provider,
-                failure_reason=verdict.failure_reason,
-                failure_message=verdict.failure_message,
-            ), 0
-        return _RunEnd(_End.ADVANCE, provider), 0
-    cost = cost_of(provider, completion)
-    walk.record(
+        return _after_error(walk, call, error, is_terminus=is_terminus, retries_left=retries_left)
+    return _after_success(walk, call, completion, number=number, is_terminus=is_terminus), 0
+
+
+def _after_error(
+    walk: _Walk, call: _Call, error: ProviderError, *, is_terminus: bool, retries_left: int
+) -> tuple[_RunEnd | None, int]:
+    """Record a failed call, apply :func:`rules.react`, and say how the run goes on."""
+    provider = call.run.provider
+    walk.record(provider, call.attempt(AttemptOutcome(error.kind.value), error.message))
+    verdict = rules.react(
+        error,
         provider,
-        attempt(
-            AttemptOutcome.SUCCEEDED,
-            job_id=completion.job_id or (seen[-1] if seen else None),
-            cost_usd=cost,
-        ),
+        walk.board,
+        now=walk.now(),
+        is_terminus=is_terminus,
+        retries_left=retries_left,
     )
+    if verdict.benched is not None:
+        walk.observer.on_benched(provider, verdict.benched.cooldown_seconds, error.message)
+    if verdict.quota is not None:
+        walk.observer.on_quota_exhausted(provider, verdict.quota.cooldown_seconds, error.message)
+    if verdict.next is rules.Next.RETRY:
+        return None, retries_left - 1
+    walk.reasons.append((provider.name, error.message))
+    if verdict.next is rules.Next.FAIL:
+        end = _RunEnd(_End.FAIL, provider, failure_reason=verdict.failure_reason)
+        end.failure_message = verdict.failure_message
+        return end, 0
+    return _RunEnd(_End.ADVANCE, provider), 0
+
+
+def _after_success(
+    walk: _Walk, call: _Call, completion: Completion, *, number: int, is_terminus: bool
+) -> _RunEnd:
+    """Record a complete answer: attempt, health, observed latency."""
+    provider = call.run.provider
+    job_id = completion.job_id or (call.seen_jobs[-1] if call.seen_jobs else None)
+    attempt = call.attempt(
+        AttemptOutcome.SUCCEEDED, job_id=job_id, cost_usd=cost_of(provider, completion)
+    )
+    walk.record(provider, attempt)
     walk.board.success(provider.name, now=walk.now())
-    walk.board.observe_latency(
-        provider.name, (loop.time() - call_started) * 1000, completion.output_tokens
-    )
-    return _RunEnd(
-        _End.SUCCESS, provider, completion=completion, number=number, is_terminus=is_terminus
-    ), 0
+    walk.board.observe_latency(provider.name, attempt.latency_ms, completion.output_tokens)
+    end = _RunEnd(_End.SUCCESS, provider, completion=completion, number=number)
+    end.is_terminus = is_terminus
+    return end
 
 
 async def _run_provider(walk: _Walk, run: _Run, *, is_terminus: bool) -> _RunEnd:
