@@ -9,13 +9,18 @@ background loop (``run``) does everything level-based on a short tick:
   List for Sovereign providers with a backend (the only probe that sees a hung engine)
   and List for the rest; a listing without the model is drift (excluded, never
   restarted), a 503 "Loading model" is neither failure nor recovery;
+* load signals: providers with ``loadSignal`` have their server's Prometheus page read
+  once per distinct metrics URL per probe interval, whatever the probe mode (it costs
+  nothing), the reading handed to every chain naming that URL (``HealthBoard.set_load``)
+  and shown in status; a failed read is logged once and the old reading goes stale;
 * request-path evidence: a provider the executor marked Wedged (real calls failing,
   nothing succeeding) is excluded and restarted like one whose probes failed;
 * self-healing: Unhealthy → Excluded → restart the backend Deployment (once, within the
   budget, see restarts.py) → recovery probes with backoff → restore;
 * status: each chain's status is rebuilt from its ``HealthBoard`` and written only when
   its significant part changed (probe times alone refresh about every ten minutes), one
-  patch per chain per tick however many things changed;
+  patch per chain per tick however many things changed; of a load reading only whether
+  there is one and whether it saturates counts, so readings alone cost no writes;
 * revalidation: Secrets and Deployments are read again now and then, so a chain that
   was NotReady for a missing Secret becomes Ready once the Secret exists.
 
@@ -37,6 +42,7 @@ from pydantic import ValidationError
 
 from chainop.core import endpoints, healing, status
 from chainop.core import health as health_rules
+from chainop.core import load as load_rules
 from chainop.core.chain import HealthBoard
 from chainop.core.errors import ModelNotServedError, ProviderError
 from chainop.core.health import ProviderHealth
@@ -49,12 +55,15 @@ from chainop.core.models import (
     ProviderChainSpec,
     ProviderChainStatus,
     ProviderSpec,
+    ProviderStatus,
 )
 from chainop.kube.client import CHAINS, KubeClient, KubeError, ObjectRef, SecretError
 from chainop.metrics import Metrics
 from chainop.operator.config import OperatorConfig
 from chainop.operator.leadership import Leadership
 from chainop.operator.restarts import RestartManager
+from chainop.providers import loadsignal
+from chainop.providers.loadsignal import LoadSignalError
 from chainop.providers.registry import ProviderClients
 from chainop.redact import REDACTOR
 
@@ -99,6 +108,24 @@ class ProbeOutcome:
     generated: bool = False
 
 
+def significant(wire: dict[str, Any]) -> dict[str, Any]:
+    """``status.significant`` with each provider's ``load`` cut to whether it saturates.
+
+    A load reading changes with every read (counts, ``observedAt``); writing each one
+    would cost a status patch per chain per probe interval. Its appearance and a change
+    of saturation are worth a write; the numbers ride along with writes that happen
+    anyway (and the periodic refresh).
+    """
+    result = status.significant(wire)
+    result["providers"] = [
+        {**p, "load": {"saturated": bool((p.get("load") or {}).get("saturated"))}}
+        if p.get("load") is not None
+        else p
+        for p in result["providers"]
+    ]
+    return result
+
+
 def validation_message(error: ValidationError) -> str:
     """A ValidationError as one line naming each bad field in camelCase."""
     parts = []
@@ -134,6 +161,8 @@ class ChainRuntime:
     #: Set when this replica takes over from another: rebuild from status on next event.
     resync: bool = False
     built_fingerprint: tuple[Any, ...] | None = None
+    #: Which providers had a load reading, and which were saturated, at the last build.
+    built_load: tuple[tuple[str, bool], ...] = ()
     next_expiry: float | None = None
     restart_notices: dict[str, float] = field(default_factory=dict)
     #: Providers whose wedge was already announced (Event, metric, exclusion).
@@ -174,7 +203,44 @@ class ChainRuntime:
             self._fingerprint() != self.built_fingerprint
             or (self.next_expiry is not None and now >= self.next_expiry)
             or now - self.written_at >= refresh * self.refresh_spread
+            or self._load_state(now=now) != self.built_load
         )
+
+    def _load_state(self, *, now: float) -> tuple[tuple[str, bool], ...]:
+        """The part of the load readings a write is due for: who has one, who saturates."""
+        spec, board = self.spec, self.board
+        if spec is None or board is None or not board.load:
+            return ()
+        max_age = load_rules.max_age(spec.health.probe.interval_seconds)
+        return tuple(
+            (
+                p.name,
+                load_rules.saturation(
+                    board.load[p.name], p.load_signal, now=now, max_age_seconds=max_age
+                )
+                is not None,
+            )
+            for p in spec.providers
+            if p.load_signal is not None and p.name in board.load
+        )
+
+    def _with_load(self, built: ProviderChainStatus, *, now: float) -> ProviderChainStatus:
+        """``built`` with ``providers[].load`` from the board's readings."""
+        spec, board = self.spec, self.board
+        if spec is None or board is None or not board.load:
+            return built
+        max_age = load_rules.max_age(spec.health.probe.interval_seconds)
+        signals = {p.name: p.load_signal for p in spec.providers if p.load_signal is not None}
+        providers: list[ProviderStatus] = []
+        for p in built.providers:
+            reading = board.load.get(p.name)
+            if p.name in signals and reading is not None:
+                load = load_rules.to_status(
+                    reading, signals[p.name], now=now, max_age_seconds=max_age
+                )
+                p = p.model_copy(update={"load": load})
+            providers.append(p)
+        return built.model_copy(update={"providers": providers})
 
     def build_status(self, *, now: float) -> ProviderChainStatus:
         """The status to write, from spec, health and validation."""
@@ -194,7 +260,8 @@ class ChainRuntime:
                 generation=self.generation,
                 previous_conditions=self.conditions,
             )
-        return status.chain_status(
+        self.built_load = self._load_state(now=now)
+        built = status.chain_status(
             self.spec,
             self.board.all(),
             now=now,
@@ -202,6 +269,7 @@ class ChainRuntime:
             previous_conditions=self.conditions,
             invalid=self.invalid,
         )
+        return self._with_load(built, now=now)
 
 
 class Runtime:
@@ -236,6 +304,11 @@ class Runtime:
         #: When the pods of a backend Deployment were last inspected.
         self._pods_seen: dict[tuple[str, str], float] = {}
         self._next_due: dict[ProbeKey, float] = {}
+        #: Load-signal reads by metrics URL: when the next is due, which are in flight,
+        #: and the error already logged for a URL that keeps failing.
+        self._load_due: dict[str, float] = {}
+        self._load_reading: set[str] = set()
+        self._load_errors: dict[str, str] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._chain_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._event_seen: dict[tuple[str, str, str], float] = {}
@@ -450,6 +523,7 @@ class Runtime:
                     await self.validate(runtime, now=now)
         await self.heal_wedged(now=now)
         self.schedule_probes(now=now)
+        self.schedule_load_reads(now=now)
         await self.flush(now=now)
 
     def probe_users(self) -> dict[ProbeKey, list[tuple[ChainRuntime, ProviderSpec]]]:
@@ -575,6 +649,98 @@ class Runtime:
         now = self.clock()
         for runtime, provider in self.probe_users().get(key, []):
             await self.apply_probe(runtime, provider, outcome, now=now)
+
+    # ----------------------------------------------------------------- load signals
+
+    def load_users(self) -> dict[str, list[tuple[ChainRuntime, ProviderSpec]]]:
+        """Every provider with ``loadSignal`` of every valid chain, by metrics URL.
+
+        Probe mode does not matter: reading a metrics page costs nothing.
+        """
+        users: dict[str, list[tuple[ChainRuntime, ProviderSpec]]] = {}
+        for runtime in self.chains.values():
+            if runtime.spec is None or runtime.board is None or runtime.invalid is not None:
+                continue
+            for provider in runtime.spec.providers:
+                if provider.load_signal is not None:
+                    url = loadsignal.metrics_url(provider)
+                    users.setdefault(url, []).append((runtime, provider))
+        return users
+
+    def schedule_load_reads(self, *, now: float) -> None:
+        """Start the load-signal reads that are due: one per metrics URL per interval.
+
+        The interval is the shortest probe interval among the URL's users; the cadence is
+        fixed like the probes' (``due`` advances by the interval), and a URL is never
+        read twice at once (a slow page delays its next read rather than piling up).
+        """
+        all_users = self.load_users()
+        for gone in self._load_due.keys() - all_users.keys():
+            del self._load_due[gone]
+            self._load_errors.pop(gone, None)
+        for url, users in all_users.items():
+            due = self._load_due.get(url)
+            if url in self._load_reading or (due is not None and now < due):
+                continue
+            interval = min(
+                runtime.spec.health.probe.interval_seconds
+                for runtime, _ in users
+                if runtime.spec is not None
+            )
+            on_time = due is not None and now - due < interval
+            self._load_due[url] = due + interval if on_time and due is not None else now + interval
+            self._load_reading.add(url)
+            self.spawn(self.read_load(url, users[0]), name=f"load-{url}")
+
+    async def read_load(self, url: str, user: tuple[ChainRuntime, ProviderSpec]) -> None:
+        """Read one metrics URL (with the first user's API key, as probes send it) and
+        hand the reading to every provider naming that URL."""
+        runtime, provider = user
+        try:
+            assert runtime.spec is not None
+            api_key = runtime.api_keys.get(provider.name)
+            reading = await loadsignal.read_load(
+                self.clients.wire,
+                url,
+                now=self.clock(),
+                timeout=runtime.spec.health.probe.timeout_seconds,
+                headers=self.clients.adapter(provider).headers(api_key),
+                secrets=(api_key,),
+            )
+        except LoadSignalError as error:
+            self._load_failed(url, REDACTOR.scrub(str(error)))
+            return
+        except Exception as error:  # a bug in reading must not stop the loop
+            self._load_failed(url, f"load signal read failed: {type(error).__name__}")
+            return
+        finally:
+            self._load_reading.discard(url)
+        if self._load_errors.pop(url, None) is not None:
+            log.info("load signal %s is read again", url)
+        self.deliver_load(url, reading)
+
+    def _load_failed(self, url: str, error: str) -> None:
+        """Log a failed read once (warning), then only at debug until it is read again:
+        the old reading simply goes stale and stops counting (see chainop.core.load)."""
+        if url in self._load_errors:
+            log.debug("load signal still not read: %s", error)
+        else:
+            log.warning("load signal not read (said once until it is read again): %s", error)
+        self._load_errors[url] = error
+
+    def deliver_load(self, url: str, reading: load_rules.LoadReading) -> None:
+        """Give one reading to every provider (of every chain) that names ``url``."""
+        for runtime, provider in self.load_users().get(url, []):
+            assert runtime.board is not None
+            runtime.board.set_load(provider.name, reading)
+            self.metrics.set_provider_load(
+                namespace=runtime.namespace,
+                chain=runtime.name,
+                provider=provider.name,
+                waiting=reading.waiting,
+                running=reading.running,
+                kv_cache_usage=reading.kv_cache_usage,
+            )
 
     async def apply_probe(
         self,
@@ -866,13 +1032,13 @@ class Runtime:
                 continue
             built = runtime.build_status(now=now)
             wire = built.model_dump(by_alias=True, mode="json", exclude_none=False)
-            significant = status.significant(wire)
-            previous = status.significant(runtime.written) if runtime.written else None
+            now_significant = significant(wire)
+            previous = significant(runtime.written) if runtime.written else None
             stale = (
                 now - runtime.written_at
                 >= self.config.status_refresh_seconds * runtime.refresh_spread
             )
-            if previous == significant and not (stale and wire != runtime.written):
+            if previous == now_significant and not (stale and wire != runtime.written):
                 continue
             if runtime.spec is not None and runtime.board is not None:
                 for p in built.providers:
