@@ -9,6 +9,8 @@ reads real Prometheus text over real sockets, as it would from vLLM.
   may go further, which the Standard provider answers; tasks with ``requiresLocal`` still
   queue on it and are answered there; the chain's status shows ``providers[].load``; no
   penalty to the saturated provider's health; Events and the metric count the skips;
+* the KV cache under vLLM's old name (``vllm:gpu_cache_usage_perc``) saturates as well,
+  and a reading gone stale (the endpoint stopped answering) never causes a skip;
 * hedging: a task with ``spec.hedge.afterMillis`` whose first provider is slow gets the
   second one's answer; the slow call is ``Cancelled`` and its connection closed (the
   slow backend sees the client go away), the winner is ``hedged``, both cost something;
@@ -180,6 +182,49 @@ def test_saturated_local_provider_spills_allowed_tasks_and_keeps_local_ones(
         lambda: not (kit.provider_status("default", "vllm").get("load") or {}).get("saturated"),
         what="vllm no longer saturated",
     )
+
+
+def test_kv_cache_by_its_old_name_saturates_and_a_stale_reading_never_skips(
+    kit: Kit, operator, backends
+):
+    vllm, cloud = backends("vllm"), backends("cloud")
+    # An older vLLM (up to 0.8) publishes the KV cache as vllm:gpu_cache_usage_perc.
+    vllm.configure(cache_metric="vllm:gpu_cache_usage_perc", kv_cache_usage=0.97)
+    kit.create_chain(
+        "default",
+        [
+            kit.provider("vllm", vllm.url, "Sovereign", loadSignal={"maxKvCacheUsage": 0.95}),
+            kit.provider("cloud", cloud.url),
+        ],
+        health={"probe": PROBE},
+        taskDefaults={"allowDelegation": True},
+    )
+    kit.chain_ready("default")
+    kit.wait_until(
+        lambda: (
+            "KV cache"
+            in (kit.provider_status("default", "vllm").get("load") or {}).get("saturated", "")
+        ),
+        what="vllm saturated by its KV cache in the chain's status",
+    )
+    assert kit.provider_status("default", "vllm")["load"]["kvCacheUsage"] == pytest.approx(0.97)
+    kit.create_task("full-cache", timeoutSeconds=30)
+    status = kit.wait_task("full-cache")
+    assert outcomes(status) == [("vllm", "Skipped"), ("cloud", "Succeeded")]
+    assert status["attempts"][0]["error"].startswith("saturated: KV cache")
+
+    # The endpoint goes quiet: the last reading (still "saturated") ages past three probe
+    # intervals and is ignored, never acted on; the server gets the work again.
+    vllm.configure(metrics=False)
+    kit.wait_until(
+        lambda: not (kit.provider_status("default", "vllm").get("load") or {}).get("saturated"),
+        what="the stale reading no longer saturating vllm",
+    )
+    kit.create_task("after-stale", timeoutSeconds=30)
+    status = kit.wait_task("after-stale")
+    assert outcomes(status) == [("vllm", "Succeeded")]
+    assert vllm.stats()["requests"]["openai"] == 1
+    assert kit.provider_status("default", "vllm")["state"] == "Healthy"
 
 
 # --------------------------------------------------------------------------- hedging
