@@ -18,6 +18,10 @@ with the reason, never passed), through :class:`chainop.testing.llama.LlamaServe
   ``finish_reason: length``, as for ``max_tokens`` (only ``usage`` tells them apart);
 - ``--metrics`` serves Prometheus text at ``/metrics`` that prometheus_client parses, with
   ``llamacpp:`` families whose token counters grow by a completion's tokens;
+- chainop's load signal (``chainop.providers.loadsignal.read_load``) reads that page into
+  a ``LoadReading``: idle, nothing running or waiting and no KV share (this build does
+  not publish one); with one slot busy, ``running`` 1, and a second request waits
+  (``waiting`` 1, llama.cpp's ``requests_deferred``); once both are answered, idle again;
 - any model name in a request is answered (200, the reply names the served model), so a
   drifted model cannot be seen in replies: only in the listing;
 - SIGSTOP (a hung engine; ``freeze()`` returns once every thread is stopped): the socket
@@ -34,6 +38,7 @@ names a file, written there as JSON (docs/llama-server.md quotes such a record).
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -45,9 +50,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from chainop.core.models import ProviderChainSpec
+from chainop.providers import loadsignal
+from chainop.providers.http import Wire
 from chainop.testing import llama
 from chainop.testing.llama import LlamaServer, Reply
 
@@ -239,6 +248,88 @@ def _counters(server: LlamaServer) -> dict[str, float]:
     """Every sample of ``/metrics`` by name (counters keep their ``_total`` suffix)."""
     text = server.request("GET", "/metrics").text
     return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+async def test_the_load_signal_is_read_from_the_real_metrics_page(tmp_path: Path) -> None:
+    spec = ProviderChainSpec.model_validate(
+        {
+            "providers": [
+                {
+                    "name": "llama",
+                    "type": "openai",
+                    "endpoint": "http://127.0.0.1:1/v1",  # replaced below by the real port
+                    "model": llama.DEFAULT_ALIAS,
+                    "privacyTier": "Sovereign",
+                    "loadSignal": {"maxWaiting": 1},
+                }
+            ]
+        }
+    )
+    with LlamaServer(log_path=tmp_path / "llama-server.log", slots=1) as srv:
+        srv.wait_ready(timeout=60)
+        provider = spec.providers[0].model_copy(update={"endpoint": srv.url})
+        url = loadsignal.metrics_url(provider)
+        assert url == f"{srv.root_url}/metrics"  # at the root of the host, beside /v1
+        async with httpx.AsyncClient() as client:
+            wire = Wire(client)
+
+            async def read(stamp: float) -> loadsignal.LoadReading:
+                return await loadsignal.read_load(wire, url, now=stamp, timeout=10.0)
+
+            idle = await read(1.0)
+            assert idle == loadsignal.LoadReading(
+                waiting=0.0, running=0.0, kv_cache_usage=None, observed_at=1.0
+            )
+            first, first_outcome = _start_in_flight(srv, stream=False, timeout=120)
+            busy = await read(2.0)
+            assert busy.running >= 1  # the one slot decodes the long completion
+            second, second_outcome = _send_in_background(srv, timeout=120)
+            queued = busy
+            for attempt in range(500):  # until the second request is seen waiting
+                queued = await read(3.0 + attempt)
+                if queued.waiting >= 1 or "ended" in first_outcome:
+                    break
+                await asyncio.sleep(0.02)
+            assert "ended" not in first_outcome, "the first request ended before the second queued"
+            assert (queued.running, queued.waiting) == (1.0, 1.0), queued
+            first.join(120)
+            second.join(120)
+            assert first_outcome.get("status") == second_outcome.get("status") == 200
+            after = await read(1000.0)
+        record(
+            "load_signal",
+            {
+                "url_path": "/metrics",
+                "idle": _reading_record(idle),
+                "one_running": _reading_record(busy),
+                "one_running_one_waiting": _reading_record(queued),
+                "after": _reading_record(after),
+            },
+        )
+        assert (after.running, after.waiting) == (0.0, 0.0)
+
+
+def _send_in_background(
+    srv: LlamaServer, *, timeout: float
+) -> tuple[threading.Thread, dict[str, Any]]:
+    """Send one long completion from a thread; return at once."""
+    outcome: dict[str, Any] = {}
+
+    def send() -> None:
+        reply = srv.request("POST", "/v1/completions", LONG_COMPLETION, timeout=timeout)
+        outcome["status"] = reply.status or reply.error
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def _reading_record(reading: loadsignal.LoadReading) -> dict[str, Any]:
+    return {
+        "waiting": reading.waiting,
+        "running": reading.running,
+        "kv_cache_usage": reading.kv_cache_usage,
+    }
 
 
 def test_any_model_name_is_answered(server: LlamaServer) -> None:
