@@ -245,6 +245,7 @@ class ChainRuntime:
     def build_status(self, *, now: float) -> ProviderChainStatus:
         """The status to write, from spec, health and validation."""
         self.built_fingerprint = self._fingerprint()
+        self.built_load = self._load_state(now=now)
         expiries = [
             h.cooldown_until
             for h in (self.board.all() if self.board else [])
@@ -260,7 +261,6 @@ class ChainRuntime:
                 generation=self.generation,
                 previous_conditions=self.conditions,
             )
-        self.built_load = self._load_state(now=now)
         built = status.chain_status(
             self.spec,
             self.board.all(),
