@@ -12,7 +12,12 @@ behind a real Deployment. Skipped, with the reason, when the binary is not cache
   engine) is detected by the Generate probe, Excluded, its Deployment restarted; the
   restarted server answers 503 "Loading model" while it loads (neither failure nor
   recovery) and the provider is Healthy again; the figure (seconds from the freeze to
-  the restart patch, and to Healthy) is printed.
+  the restart patch, and to Healthy) is printed;
+* spillover read from the server's real ``/metrics``: started with one slot and
+  ``--metrics``, under a burst of 8 tasks that allow delegation it is kept busy (one
+  request decoding, the others deferred: ``llamacpp:requests_deferred``), and tasks that
+  arrive while it is saturated skip it (``saturated: ...``) for the fake Standard
+  provider behind it; some answered by llama, some spilled, no penalty to its health.
 """
 
 from __future__ import annotations
@@ -50,7 +55,11 @@ def kubelet(kubeconfig: Path, tmp_path: Path) -> Iterator[BackendSupervisor]:
     sup.close()
 
 
-def llama_chain(kit: Kit, port: int, cloud_url: str, **spec: Any) -> None:
+def llama_chain(
+    kit: Kit, port: int, cloud_url: str, *, provider: dict[str, Any] | None = None, **spec: Any
+) -> None:
+    """Chain ``default``: llama (Sovereign, behind Deployment ``llama``; ``provider`` adds
+    to its entry), then a fake cloud."""
     kit.create_deployment("llama")
     kit.create_chain(
         "default",
@@ -61,7 +70,7 @@ def llama_chain(kit: Kit, port: int, cloud_url: str, **spec: Any) -> None:
                 "Sovereign",
                 model=llama.DEFAULT_ALIAS,
                 backend={"deployment": "llama"},
-                timeoutSeconds=30,
+                **{"timeoutSeconds": 30, **(provider or {})},
             ),
             kit.provider("cloud", cloud_url),
         ],
@@ -150,3 +159,90 @@ def test_frozen_server_is_excluded_restarted_and_healthy_again(
     kit.create_task("after", request=SHORT_REQUEST, timeoutSeconds=60)
     after = kit.wait_task("after", timeout=90)
     assert after["result"]["provider"] == "llama"
+
+
+#: Long enough to keep the only slot busy for a second or two (160 tokens of counting,
+#: greedy: SmolLM2 never stops early on it; ~1.5-3 s on these machines), and inside the
+#: 256-token context with its ~45 prompt tokens.
+BUSY_REQUEST = {
+    "messages": [{"role": "user", "content": "Count from 1 to 100, separated by commas."}],
+    "maxTokens": 160,
+}
+
+
+def test_burst_keeps_its_one_slot_busy_and_spills_by_its_real_metrics(
+    kit: Kit, operator, backends, kubelet
+):
+    port = free_port()
+    kubelet.bind(kit.namespace, "llama", llama.command(port, slots=1, metrics=True), port)
+    cloud = backends("cloud")
+    llama_chain(
+        kit,
+        port,
+        cloud.url,
+        provider={
+            # One slot: a second request already waits a whole generation, so one
+            # deferred request is the limit. llama.cpp publishes no KV-cache share (its
+            # queue alone decides). Probes that list models never queue behind the slot
+            # (a Generate probe would wait its turn and time out under load).
+            "loadSignal": {"maxWaiting": 1},
+            "probe": {"kind": "List"},
+            "timeoutSeconds": 90,
+        },
+    )
+    wait_loaded(kit)
+    kit.wait_until(
+        lambda: llama_state(kit).get("load") is not None,
+        timeout=30,
+        what="a first reading of llama's /metrics in the chain's status",
+    )
+    # The burst, in two steps around the reading that shows the queue: the signal is read
+    # once per probe interval, so tasks created in the same instant all reach the server
+    # before any reading can show the queue they make. Three at once fill the slot and
+    # defer two...
+    names = [f"burst-{i}" for i in range(8)]
+    for name in names[:3]:
+        kit.create_task(name, request=BUSY_REQUEST, timeoutSeconds=150)
+    kit.wait_until(
+        lambda: (llama_state(kit).get("load") or {}).get("saturated", "").startswith("saturated:"),
+        timeout=60,
+        what="llama saturated by its own /metrics (requests deferred)",
+    )
+    reading = llama_state(kit)["load"]
+    assert reading["waiting"] >= 1  # llamacpp:requests_deferred
+    assert reading["running"] == 1  # llamacpp:requests_processing: the only slot
+    assert reading.get("kvCacheUsage") is None  # not published by this build
+    # ... and the other five arrive while it is busy.
+    for name in names[3:]:
+        kit.create_task(name, request=BUSY_REQUEST, timeoutSeconds=150)
+    statuses = {name: kit.wait_task(name, timeout=240) for name in names}
+
+    for name, status in statuses.items():
+        assert status["phase"] == "Succeeded", (name, status.get("conditions"))
+    by_llama = [n for n, s in statuses.items() if outcomes(s) == [("llama", "Succeeded")]]
+    spilled = [
+        n
+        for n, s in statuses.items()
+        if outcomes(s) == [("llama", "Skipped"), ("cloud", "Succeeded")]
+    ]
+    assert sorted(by_llama + spilled) == sorted(names), {
+        n: outcomes(s) for n, s in statuses.items()
+    }
+    assert by_llama, "no task was answered by llama-server"
+    assert spilled, "no task spilled over"
+    for name in by_llama:
+        text = statuses[name]["result"]["text"]
+        assert text.strip()
+        assert not text.startswith("[")  # generated, not a fake's echo
+    for name in spilled:
+        skip = statuses[name]["attempts"][0]["error"]
+        assert skip.startswith("saturated: ")
+        assert "waiting" in skip
+    assert cloud.stats()["requests"].get("openai", 0) == len(spilled)
+    state = llama_state(kit)
+    assert state["state"] == "Healthy"  # saturation is no failure
+    assert state.get("consecutiveFailures", 0) == 0
+    print(
+        f"\nburst of {len(names)} on a one-slot llama-server: {len(by_llama)} answered by it, "
+        f"{len(spilled)} spilled to the cloud; the saturating reading: {reading}"
+    )
