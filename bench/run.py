@@ -1,12 +1,14 @@
 """Orchestrate the benchmarks: backends up, one worker process per measurement, report.
 
-``python -m bench [overhead|failover|profile|health|node|client|all ...] [--quick]``
-(``client`` = overhead + failover + profile; ``all`` = those + health + node;
+``python -m bench [overhead|failover|profile|health|node|local-first|client|all ...]
+[--quick]`` (``client`` = overhead + failover + profile; ``all`` = those + health + node +
+local-first;
 ``health`` = bench.health, issue 11's failure kinds on the control plane; ``node`` =
 bench.node, issue 13 on the real node, skipped with the reason when none is up
 (``CHAINOP_NODE_CLUSTER_DIR`` picks its cluster); ``operator`` = bench.operator;
-``render`` rewrites docs/benchmarks.md from bench/results/latest.json). Several parts may
-be named in one run, e.g. ``python -m bench health node``.
+``local-first`` = bench.local_first, issue 14's spillover and hedging side by side with
+LiteLLM; ``render`` rewrites docs/benchmarks.md from bench/results/latest.json). Several
+parts may be named in one run, e.g. ``python -m bench health node``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import operator_report, report
+from bench import local_first_report, operator_report, report
 from bench.backend import Backend, free_port
 from bench.contenders import OVERHEAD_CONTENDERS
 
@@ -227,6 +229,21 @@ def node_part(args: argparse.Namespace) -> dict[str, Any]:
     return node_bench.run(args)
 
 
+def local_first_part(args: argparse.Namespace) -> dict[str, Any]:
+    """Issue 14: spillover on queue depth and hedged calls (bench/local_first.py)."""
+    from bench import local_first
+
+    return local_first.run(args)
+
+
+def render_all(data: dict[str, Any], *, command: str) -> str:
+    """docs/benchmarks.md: report.render's sections, then issue 14's when measured."""
+    markdown = report.render(data, command=command)
+    if "local_first" in data:
+        markdown += "\n" + local_first_report.render(data["local_first"])
+    return markdown
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point (``python -m bench``)."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
@@ -236,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         default=["all"],
         choices=[
             *("all", "client", "overhead", "failover", "profile"),
-            *("health", "node", "operator", "render"),
+            *("health", "node", "local-first", "operator", "render"),
         ],
     )
     parser.add_argument("--rounds", type=int, default=3, help="overhead rounds (best is kept)")
@@ -249,10 +266,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="1 round, 5 s failover windows")
     parser.add_argument("--no-write", action="store_true", help="do not rewrite the docs")
     from bench import health as health_bench
+    from bench import local_first
     from bench import node as node_bench
 
     health_bench.add_arguments(parser)
     node_bench.add_arguments(parser)
+    local_first.add_arguments(parser)
     parser.add_argument("--heal-tick", type=float, default=0.25, help="chainop --tick (health)")
     args, rest = parser.parse_known_args(argv)
     wanted = set(args.what)
@@ -276,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
         old = dict(previous.get("operator", {}))
         old.update(section)  # parts this run did not measure are kept
         merged["operator"] = old
-        markdown = report.render(merged, command=merged.get("command", command))
+        markdown = render_all(merged, command=merged.get("command", command))
         print(operator_report.render(old))
         if not args.no_write:
             report.save(merged, markdown)
@@ -285,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if "render" in wanted:  # rewrite the docs from bench/results/latest.json only
         saved = report.load_results()
-        markdown = report.render(saved, command=saved.get("command", "python -m bench"))
+        markdown = render_all(saved, command=saved.get("command", "python -m bench"))
         print(markdown)
         if not args.no_write:
             report.save(saved, markdown)
@@ -313,8 +332,13 @@ def main(argv: list[str] | None = None) -> None:
                 "command": previous.get("command", "python -m bench"),
                 "date": previous.get("machine", {}).get("date", "?"),
             }
-    for name, part in (("health", health_part), ("node", node_part)):
-        if wanted & {"all", name}:
+    parts = (
+        ("health", "health", health_part),
+        ("node", "node", node_part),
+        ("local_first", "local-first", local_first_part),
+    )
+    for name, cli_name, part in parts:
+        if wanted & {"all", cli_name}:
             section_started = time.monotonic()
             section = {"loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
             section.update(part(args))
@@ -343,10 +367,13 @@ def main(argv: list[str] | None = None) -> None:
     if wanted & {"all", "client", "overhead", "failover", "profile"} or not previous:
         merged = {**previous, **data}
         merged["command"] = command
-    else:  # only health/node: the header (command, machine, settings) stays the client run's
-        merged = {**previous, **{k: data[k] for k in ("health", "node") if k in data}}
+    else:  # only health/node/local-first: the header stays the client run's
+        merged = {
+            **previous,
+            **{k: data[k] for k in ("health", "node", "local_first") if k in data},
+        }
         command = str(previous.get("command", command))
-    markdown = report.render(merged, command=command)
+    markdown = render_all(merged, command=command)
     print(markdown)
     if not args.no_write:
         report.save(merged, markdown)
