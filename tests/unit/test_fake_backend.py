@@ -516,7 +516,9 @@ async def test_n_served_at_once_the_others_wait_and_metrics_show_them(
 
 async def test_waiters_are_served_in_arrival_order(http: httpx.AsyncClient) -> None:
     async with FakeBackend(name="fifo", max_concurrency=1) as fake:
-        fake.configure(service_ms=30)
+        fake.set_mode("hang", fail_next=1)
+        holder = asyncio.create_task(chat(http, fake))  # holds the slot: the others queue
+        await until_queue(http, fake, running=1, waiting=0)
         done: list[str] = []
 
         async def ask(text: str) -> None:
@@ -527,10 +529,12 @@ async def test_waiters_are_served_in_arrival_order(http: httpx.AsyncClient) -> N
         tasks = []
         for number in range(4):  # one at a time into the queue, so the arrival order is known
             tasks.append(asyncio.create_task(ask(f"n{number}")))
-            while fake.stats["requests"].get("openai", 0) <= number:  # noqa: ASYNC110
-                await asyncio.sleep(0.005)
+            await until_queue(http, fake, running=1, waiting=number + 1)
+        fake.configure(service_ms=20)
+        holder.cancel()  # the slot frees: the queue drains one at a time
         await asyncio.gather(*tasks)
         assert done == [f"[fifo] echo: n{number}" for number in range(4)]
+        await asyncio.gather(holder, return_exceptions=True)
 
 
 async def test_slow_mode_is_the_service_time_inside_the_slot(http: httpx.AsyncClient) -> None:

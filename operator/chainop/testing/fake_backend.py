@@ -75,7 +75,9 @@ another ``--served-model-name``; unset, any model is answered and ``NAME-model``
 as ``models: [name]``), ``api_key``
 (require ``Authorization: Bearer`` or ``x-api-key`` with it, else 401; ``/health`` stays
 public). ``FakeBackend(models=[...])`` and ``--served-model-name`` set the models served
-from the start (kept by ``reset``).
+from the start (kept by ``reset``). The queue's settings (``max_concurrency``,
+``service_ms``, ``kv_cache_usage``, ``cache_metric``, ``metrics``) are described under
+"Queue" below.
 
 Queue (settings ``max_concurrency``, ``service_ms``): the fake serves chat completions
 and messages the way vLLM's scheduler admits them -- at most ``max_concurrency`` requests
