@@ -544,3 +544,43 @@ def test_property_hedge_or_spillover_never_leaves_the_decision(states, behaviour
 def test_decision_shape_is_unchanged_by_adapt_when_single():
     one = RoutingDecision(providers=("a",), reason="r", rule=5, local_only=False)
     assert adaptive.adapt(ADAPTIVE, one, {}) is one
+
+
+# --------------------------------------------------------------------------- between readings
+
+
+def test_calls_since_the_reading_count_towards_the_queue():
+    clock = Clock()
+    board = HealthBoard(LOCAL_THEN_CLOUD)
+    board.call_started("vllm")  # in flight before the read: already in the reading
+    board.set_load("vllm", reading(0, at=clock()))
+    for _ in range(8):
+        board.call_started("vllm")
+    why = rules.saturation_of(LOCAL_THEN_CLOUD.providers[0], board, now=clock())
+    assert why == "saturated: 8 waiting ≥ 8 (0 read, +8 since)"
+    for _ in range(3):
+        board.call_ended("vllm")
+    assert rules.saturation_of(LOCAL_THEN_CLOUD.providers[0], board, now=clock()) is None
+    # Calls that ended since the read shorten the estimated queue, never below zero.
+    for _ in range(9):
+        board.call_ended("vllm")
+    estimate = board.load_now("vllm")
+    assert estimate is not None
+    assert estimate.queued == 0
+
+
+async def test_a_burst_between_two_readings_spills_once_the_estimate_is_full():
+    spec = chain(
+        provider("vllm", "Sovereign", loadSignal={"maxWaiting": 3}),
+        provider("cloud"),
+        health={"probe": {"intervalSeconds": 5}},
+    )
+    clock = Clock()
+    board = HealthBoard(spec)
+    board.set_load("vllm", reading(0, at=clock()))
+    call = RaceCall({"vllm": 0.05})
+    results = await asyncio.gather(*(run(spec, call, board=board, clock=clock) for _ in range(8)))
+    providers = [result.provider for result, _ in results]
+    assert providers.count("vllm") == 3
+    assert providers.count("cloud") == 5
+    assert board.inflight == {"vllm": 0, "cloud": 0}

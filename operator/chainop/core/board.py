@@ -8,6 +8,7 @@ from the probe loop; latency from the executor's own successful calls.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from chainop.core import health as health_rules
 from chainop.core.errors import (
@@ -43,6 +44,9 @@ class HealthBoard:
         self.trials: set[str] = set()
         #: The last load-signal reading of each provider that declares ``loadSignal``.
         self.load: dict[str, LoadReading] = {}
+        #: Calls in flight per provider now, and when its last reading was taken.
+        self.inflight: dict[str, int] = {}
+        self._inflight_at_read: dict[str, int] = {}
         #: Observed latency of complete answers, per provider (never persisted).
         self.latency: dict[str, LatencyStats] = {}
         self.version = 0
@@ -75,6 +79,23 @@ class HealthBoard:
     def set_load(self, name: str, reading: LoadReading) -> None:
         """Record a load-signal reading (not a health change: ``version`` stays)."""
         self.load[name] = reading
+        self._inflight_at_read[name] = self.inflight.get(name, 0)
+
+    def load_now(self, name: str) -> LoadReading | None:
+        """The last reading, with our calls started/ended since it (``delta``) folded in."""
+        reading = self.load.get(name)
+        if reading is None:
+            return None
+        delta = self.inflight.get(name, 0) - self._inflight_at_read.get(name, 0)
+        return replace(reading, delta=delta) if delta else reading
+
+    def call_started(self, name: str) -> None:
+        """A real call to ``name`` is in flight (for the load estimate between readings)."""
+        self.inflight[name] = self.inflight.get(name, 0) + 1
+
+    def call_ended(self, name: str) -> None:
+        """A call started with :meth:`call_started` ended, however it ended."""
+        self.inflight[name] = max(self.inflight.get(name, 0) - 1, 0)
 
     def observe_latency(self, name: str, latency_ms: float, output_tokens: int = 0) -> None:
         """Record the latency of one complete answer of ``name``."""

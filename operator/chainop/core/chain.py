@@ -182,6 +182,25 @@ class _Run:
     #: Holds the provider's half-open trial (released when the run ends or is cancelled).
     trial: bool = False
     cancel_reason: str = ""
+    released: bool = False
+
+
+def _claim(walk: _Walk, run: _Run) -> None:
+    """Count the run as in flight on its provider (the load estimate between readings)
+    from the moment it is decided, so tasks deciding in the same instant see each other."""
+    walk.board.call_started(run.provider.name)
+    if run.trial:
+        walk.board.trials.add(run.provider.name)
+
+
+def _release(walk: _Walk, run: _Run) -> None:
+    """Undo :func:`_claim` once, whether the run ended, failed or was cancelled unstarted."""
+    if run.released:
+        return
+    run.released = True
+    walk.board.call_ended(run.provider.name)
+    if run.trial:
+        walk.board.trials.discard(run.provider.name)
 
 
 @dataclass(slots=True)
@@ -366,8 +385,7 @@ async def _run_provider(walk: _Walk, run: _Run, *, is_terminus: bool) -> _RunEnd
             if end is not None:
                 return end
     finally:
-        if run.trial:
-            walk.board.trials.discard(run.provider.name)
+        _release(walk, run)
 
 
 def _start_next(walk: _Walk, *, hedge: bool) -> tuple[_Run, Awaitable[_RunEnd]] | None:
@@ -410,12 +428,13 @@ def _start_next(walk: _Walk, *, hedge: bool) -> tuple[_Run, Awaitable[_RunEnd]] 
             if skip.saturated:
                 walk.observer.on_saturated(provider, skip.reason)
             continue
-        trial = state.benchings > 0 and not is_terminus
-        if trial:
-            walk.board.trials.add(provider.name)
         run = _Run(
-            provider=provider, hedged=hedge, started=asyncio.get_running_loop().time(), trial=trial
+            provider=provider,
+            hedged=hedge,
+            started=asyncio.get_running_loop().time(),
+            trial=state.benchings > 0 and not is_terminus,
         )
+        _claim(walk, run)
         return run, _run_provider(walk, run, is_terminus=is_terminus)
     return None
 
@@ -457,16 +476,15 @@ def _success(walk: _Walk, end: _RunEnd, started: float) -> ExecutionResult:
 async def _cancel_all(walk: _Walk, running: dict[asyncio.Task[_RunEnd], _Run], reason: str) -> None:
     """Cancel the runs still in flight; each records a Cancelled attempt with ``reason``.
 
-    A run cancelled before its first step never enters its ``finally``, so its half-open
-    trial is released here as well.
+    A run cancelled before its first step never enters its ``finally``, so its claim
+    (in-flight count, half-open trial) is released here as well.
     """
     for task, run in running.items():
         run.cancel_reason = reason
         task.cancel()
     await asyncio.gather(*running, return_exceptions=True)
     for run in running.values():
-        if run.trial:
-            walk.board.trials.discard(run.provider.name)
+        _release(walk, run)
     running.clear()
 
 

@@ -10,7 +10,11 @@ A provider with ``loadSignal`` has its server's Prometheus endpoint read with th
 * a reading older than ``max_age`` (three probe intervals) is ignored: never act on stale
   data (llm-d-router#2408), so a server whose metrics endpoint went quiet is treated as
   not saturated rather than skipped forever;
-* saturation is never a failure: it does not count against the provider's health.
+* saturation is never a failure: it does not count against the provider's health;
+* between two readings, the queue is estimated: the reading's queue plus the calls this
+  chain started since minus those that ended (``delta``). Without it a burst of tasks
+  created at once would all go to the local server before the next reading shows it
+  full (seen on llama-server with one slot: 8 tasks in the same instant, none spilled).
 """
 
 from __future__ import annotations
@@ -33,6 +37,13 @@ class LoadReading:
     kv_cache_usage: float | None
     #: Epoch seconds of the read.
     observed_at: float
+    #: Calls of ours started since the read minus those ended (see the module docstring).
+    delta: int = 0
+
+    @property
+    def queued(self) -> float:
+        """The queue as estimated now: what was read plus our calls since, never < 0."""
+        return max(self.waiting + self.delta, 0.0)
 
 
 def max_age(probe_interval_seconds: float) -> float:
@@ -48,8 +59,9 @@ def is_fresh(reading: LoadReading, *, now: float, max_age_seconds: float) -> boo
 
 def over_limits(reading: LoadReading, spec: LoadSignalSpec) -> str | None:
     """Why ``reading`` exceeds ``spec``'s limits, in words, or None (staleness ignored)."""
-    if spec.max_waiting is not None and reading.waiting >= spec.max_waiting:
-        return f"saturated: {reading.waiting:g} waiting ≥ {spec.max_waiting}"
+    if spec.max_waiting is not None and reading.queued >= spec.max_waiting:
+        since = f" ({reading.waiting:g} read, {reading.delta:+d} since)" if reading.delta else ""
+        return f"saturated: {reading.queued:g} waiting ≥ {spec.max_waiting}{since}"
     if (
         spec.max_kv_cache_usage is not None
         and reading.kv_cache_usage is not None

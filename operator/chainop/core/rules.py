@@ -128,9 +128,9 @@ def skip_for(
 
 
 def saturation_of(provider: ProviderSpec, board: HealthBoard, *, now: float) -> str | None:
-    """Why ``provider`` is saturated by a fresh load reading, or None."""
+    """Why ``provider`` is saturated by a fresh load reading (and our calls since), or None."""
     return load_rules.saturation(
-        board.load.get(provider.name),
+        board.load_now(provider.name),
         provider.load_signal,
         now=now,
         max_age_seconds=load_rules.max_age(board.chain.health.probe.interval_seconds),
