@@ -549,19 +549,23 @@ def test_decision_shape_is_unchanged_by_adapt_when_single():
 # --------------------------------------------------------------------------- between readings
 
 
-def test_calls_since_the_reading_count_towards_the_queue():
+def test_calls_since_the_reading_beyond_the_free_slots_count_as_queued():
+    spec = chain(
+        provider("vllm", "Sovereign", loadSignal={"maxWaiting": 8, "slots": 2}),
+        provider("cloud"),
+    )
     clock = Clock()
-    board = HealthBoard(LOCAL_THEN_CLOUD)
+    board = HealthBoard(spec)
     board.call_started("vllm")  # in flight before the read: already in the reading
-    board.set_load("vllm", reading(0, at=clock()))
-    for _ in range(8):
+    board.set_load("vllm", reading(0, at=clock(), running=0))
+    for _ in range(10):
         board.call_started("vllm")
-    why = rules.saturation_of(LOCAL_THEN_CLOUD.providers[0], board, now=clock())
-    assert why == "saturated: 8 waiting ≥ 8 (0 read, +8 since)"
+    why = rules.saturation_of(spec.providers[0], board, now=clock())
+    assert why == "saturated: 8 waiting ≥ 8 (0 read, +10 since)"
     for _ in range(3):
         board.call_ended("vllm")
-    assert rules.saturation_of(LOCAL_THEN_CLOUD.providers[0], board, now=clock()) is None
-    # Calls that ended since the read shorten the estimated queue, never below zero.
+    assert rules.saturation_of(spec.providers[0], board, now=clock()) is None
+    # Calls that ended since the read shorten the queue, never below zero.
     for _ in range(9):
         board.call_ended("vllm")
     estimate = board.load_now("vllm")
@@ -569,18 +573,42 @@ def test_calls_since_the_reading_count_towards_the_queue():
     assert estimate.queued == 0
 
 
+def test_slots_are_learned_from_a_reading_that_shows_a_queue():
+    clock = Clock()
+    board = HealthBoard(LOCAL_THEN_CLOUD)
+    board.set_load("vllm", reading(0, at=clock(), running=3))
+    for _ in range(5):
+        board.call_started("vllm")
+    # Slots unknown: new calls are assumed to find one.
+    estimate = board.load_now("vllm")
+    assert estimate is not None
+    assert estimate.queued == 0
+    board.set_load("vllm", reading(2, at=clock(), running=4))  # full: 4 slots
+    board.set_load("vllm", reading(0, at=clock(), running=2))
+    for _ in range(5):
+        board.call_started("vllm")
+    estimate = board.load_now("vllm")
+    assert estimate is not None
+    assert estimate.slots == 4
+    assert estimate.queued == 3  # 5 sent, 2 free slots
+    # Running more than that without a queue: the server grew; forget the size.
+    assert load.learned_slots(reading(0, at=0, running=9), 4) is None
+    assert load.learned_slots(reading(0, at=0, running=3), 4) == 4
+
+
 async def test_a_burst_between_two_readings_spills_once_the_estimate_is_full():
     spec = chain(
-        provider("vllm", "Sovereign", loadSignal={"maxWaiting": 3}),
+        provider("vllm", "Sovereign", loadSignal={"maxWaiting": 3, "slots": 1}),
         provider("cloud"),
         health={"probe": {"intervalSeconds": 5}},
     )
     clock = Clock()
     board = HealthBoard(spec)
-    board.set_load("vllm", reading(0, at=clock()))
+    board.set_load("vllm", reading(0, at=clock(), running=0))
     call = RaceCall({"vllm": 0.05})
     results = await asyncio.gather(*(run(spec, call, board=board, clock=clock) for _ in range(8)))
     providers = [result.provider for result, _ in results]
-    assert providers.count("vllm") == 3
-    assert providers.count("cloud") == 5
+    # One runs, three queue (the limit), the other four spill.
+    assert providers.count("vllm") == 4
+    assert providers.count("cloud") == 4
     assert board.inflight == {"vllm": 0, "cloud": 0}

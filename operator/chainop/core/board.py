@@ -19,7 +19,7 @@ from chainop.core.errors import (
 )
 from chainop.core.health import FailureOutcome, ProviderHealth
 from chainop.core.latency import LatencyStats
-from chainop.core.load import LoadReading
+from chainop.core.load import LoadReading, learned_slots
 from chainop.core.models import ProviderChainSpec, ProviderSpec
 
 
@@ -47,6 +47,8 @@ class HealthBoard:
         #: Calls in flight per provider now, and when its last reading was taken.
         self.inflight: dict[str, int] = {}
         self._inflight_at_read: dict[str, int] = {}
+        #: Slots learned from readings (see ``chainop.core.load.learned_slots``).
+        self._slots: dict[str, int | None] = {}
         #: Observed latency of complete answers, per provider (never persisted).
         self.latency: dict[str, LatencyStats] = {}
         self.version = 0
@@ -80,6 +82,7 @@ class HealthBoard:
         """Record a load-signal reading (not a health change: ``version`` stays)."""
         self.load[name] = reading
         self._inflight_at_read[name] = self.inflight.get(name, 0)
+        self._slots[name] = learned_slots(reading, self._slots.get(name))
 
     def load_now(self, name: str) -> LoadReading | None:
         """The last reading, with our calls started/ended since it (``delta``) folded in."""
@@ -87,7 +90,12 @@ class HealthBoard:
         if reading is None:
             return None
         delta = self.inflight.get(name, 0) - self._inflight_at_read.get(name, 0)
-        return replace(reading, delta=delta) if delta else reading
+        if not delta:
+            return reading
+        provider = self.chain.provider(name)
+        declared = provider.load_signal.slots if provider and provider.load_signal else None
+        slots = declared if declared is not None else self._slots.get(name)
+        return replace(reading, delta=delta, slots=slots)
 
     def call_started(self, name: str) -> None:
         """A real call to ``name`` is in flight (for the load estimate between readings)."""

@@ -11,10 +11,13 @@ A provider with ``loadSignal`` has its server's Prometheus endpoint read with th
   data (llm-d-router#2408), so a server whose metrics endpoint went quiet is treated as
   not saturated rather than skipped forever;
 * saturation is never a failure: it does not count against the provider's health;
-* between two readings, the queue is estimated: the reading's queue plus the calls this
-  chain started since minus those that ended (``delta``). Without it a burst of tasks
-  created at once would all go to the local server before the next reading shows it
-  full (seen on llama-server with one slot: 8 tasks in the same instant, none spilled).
+* between two readings, the queue is estimated from the calls this chain started since
+  minus those that ended (``delta``): calls beyond the server's free slots queue, calls
+  that ended let queued ones in. The slots are ``loadSignal.slots``, else learned from
+  the last reading that showed a queue (the server was full: ``running`` is its size),
+  else unknown (new calls are assumed to find a slot). Without it a burst of tasks created
+  at once would all go to the local server before the next reading shows it full (seen
+  on llama-server with one slot: 8 tasks in the same instant, none spilled).
 """
 
 from __future__ import annotations
@@ -39,11 +42,28 @@ class LoadReading:
     observed_at: float
     #: Calls of ours started since the read minus those ended (see the module docstring).
     delta: int = 0
+    #: How many requests the server runs at once, when known.
+    slots: int | None = None
 
     @property
     def queued(self) -> float:
-        """The queue as estimated now: what was read plus our calls since, never < 0."""
-        return max(self.waiting + self.delta, 0.0)
+        """The queue as estimated now (see the module docstring), never below zero."""
+        if self.delta <= 0:
+            return max(self.waiting + self.delta, 0.0)
+        if self.slots is None:
+            return self.waiting
+        free = max(self.slots - self.running, 0.0)
+        return self.waiting + max(self.delta - free, 0.0)
+
+
+def learned_slots(reading: LoadReading, known: int | None) -> int | None:
+    """The server's slots after ``reading``: its ``running`` when it also shows a queue
+    (the server was full); forgotten when it runs more than that without a queue."""
+    if reading.waiting > 0 and reading.running >= 1:
+        return int(reading.running)
+    if known is not None and reading.running > known:
+        return None
+    return known
 
 
 def max_age(probe_interval_seconds: float) -> float:

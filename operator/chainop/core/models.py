@@ -263,6 +263,17 @@ class LoadSignalSpec(_Model):
             "null: the queue is not a limit."
         ),
     )
+    slots: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description=(
+            "How many requests the server runs at once (vLLM --max-num-seqs, llama.cpp "
+            "--parallel). Used between two readings: calls sent beyond the free slots count "
+            "as queued. Unset: learned from the last reading that showed a queue (then the "
+            "server was full), and until then new calls are assumed to find a slot."
+        ),
+    )
     max_kv_cache_usage: float | None = Field(
         default=0.95,
         gt=0,
