@@ -220,6 +220,22 @@ class TaskObserver(ChainObserver):
             )
 
 
+class ProgressObserver(TaskObserver):
+    """A ``TaskObserver`` that also keeps each attempt in ``progress`` (for a Running
+    status). At module level: a class made per task is cyclic garbage (9 objects) that
+    only the collector frees."""
+
+    def __init__(
+        self, runtime: Runtime, chain: ChainRuntime, task: TaskRef, progress: list[Attempt]
+    ) -> None:
+        super().__init__(runtime, chain, task)
+        self.progress = progress
+
+    def on_attempt(self, provider: ProviderSpec, attempt: Attempt) -> None:
+        self.progress.append(attempt)
+        super().on_attempt(provider, attempt)
+
+
 class TaskRunner:
     """Executes DelegatedTasks for one operator process."""
 
@@ -549,11 +565,6 @@ class TaskRunner:
                 }
             )
 
-        class Progress(TaskObserver):
-            def on_attempt(self, provider: ProviderSpec, attempt: Attempt) -> None:
-                progress.append(attempt)
-                super().on_attempt(provider, attempt)
-
         async def job_submitted(provider: str, job_id: str, key: str, attempt: int) -> None:
             nonlocal running_written
             pending = PendingJob(
@@ -588,7 +599,7 @@ class TaskRunner:
                 api_keys=chain.api_keys,
                 task_key=ref.uid,
                 rotation=chain.rotation - 1,
-                observer=Progress(self.runtime, chain, ref),
+                observer=ProgressObserver(self.runtime, chain, ref, progress),
                 resume=resume,
                 on_job_submitted=job_submitted,
                 hedge=spec.hedge,
