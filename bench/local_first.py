@@ -12,11 +12,14 @@ measures that side by side, in one run, against the same backends:
   answer (``--lf-cloud-ms``). Arrivals are above the local capacity on purpose. Contenders:
   (a) chainop as today (no ``loadSignal``: only failures move work); (b) chainop with
   ``loadSignal: {maxWaiting}`` on the local provider and a short probe interval
-  (``--lf-probe``, s); (c) LiteLLM's Router over the same two deployments with
+  (``--lf-probe``, s), once as the issue writes it (the server's slots learned from a
+  reading) and once with ``slots`` declared; (c) LiteLLM's Router over the same two deployments with
   ``routing_strategy="least-busy"`` and ``"latency-based-routing"``. Figures: p50/p99
   from our send to the answer (chainop: create → the watch event showing Succeeded, so
   chainop also pays the API server round trips; LiteLLM: ``acompletion`` in process) and
-  the share of tasks the local backend answered.
+  the share of tasks the local backend answered. Then the load-aware contenders once more
+  at ``--lf-light-rate`` (below the local capacity), where a local-first router should
+  keep everything local and a load balancer need not.
 * **hedging** — a heavy-tailed backend (``--lf-tail-share`` of its calls
   ``--lf-tail-factor`` times slower) and an identical, independent replica next to it in the
   chain; the same tasks without and with ``spec.hedge``. Figures: p99, and the extra calls
@@ -413,6 +416,7 @@ def operator_run(
     hedge: dict[str, Any] | None,
     args: Any,
     logs: Path,
+    count: int,
     rate: float,
     warmup: int,
     local: str,
@@ -474,7 +478,7 @@ def operator_run(
                     raise RuntimeError(f"{key}: warm-up tasks not done in 60 s")
                 time.sleep(max(1.5, 2 * args.lf_probe))  # queues drained, signal refreshed
                 before = backends.calls()
-                names = [f"t-{i:04d}" for i in range(args.lf_tasks)]
+                names = [f"t-{i:04d}" for i in range(count)]
                 log(f"  {key}: {len(names)} tasks at {rate:g}/s")
                 t0 = time.monotonic()
                 sent = paced(len(names), rate, lambda i: create(names[i]))
@@ -592,7 +596,7 @@ async def litellm_job(job: dict[str, Any]) -> dict[str, Any]:
     from bench.contenders import import_litellm
 
     litellm = import_litellm()
-    model_list = [
+    model_list: list[dict[str, Any]] = [
         {
             "model_name": "bench",
             "litellm_params": {
@@ -617,7 +621,15 @@ async def litellm_job(job: dict[str, Any]) -> dict[str, Any]:
             raise RuntimeError("empty answer")
         return elapsed, str((response._hidden_params or {}).get("model_id", "?"))
 
-    for _ in range(job["warmup"]):  # connections, imports, the strategies' first samples
+    # First one direct call per backend, outside the Router: the process's cold start
+    # (imports, clients: ~0.5 s) would otherwise be booked as the first deployment's
+    # latency, and latency-based routing never tries a deployment again once it looks slow.
+    for deployment in model_list:
+        params = deployment["litellm_params"]
+        await litellm.acompletion(
+            messages=[{"role": "user", "content": PROMPT}], max_tokens=16, **params
+        )
+    for _ in range(job["warmup"]):  # connections, the strategies' first samples
         await one()
     await asyncio.sleep(job["settle"])
     t0 = time.monotonic() + 0.1
@@ -649,7 +661,14 @@ async def litellm_job(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def litellm_run(
-    strategy: str, *, backends: Backends, args: Any, local: str, cloud: str
+    strategy: str,
+    *,
+    backends: Backends,
+    args: Any,
+    local: str,
+    cloud: str,
+    count: int,
+    rate: float,
 ) -> dict[str, Any]:
     """One LiteLLM contender in a fresh process (its imports and threads stay out of ours)."""
     from bench.operator import loadavg
@@ -658,8 +677,8 @@ def litellm_run(
         "strategy": strategy,
         "deployments": {local: backends.url(local), cloud: backends.url(cloud)},
         "local": local,
-        "count": args.lf_tasks,
-        "rate": args.lf_rate,
+        "count": count,
+        "rate": rate,
         "warmup": args.lf_warmup,
         "settle": max(1.5, 2 * args.lf_probe),
     }
@@ -681,8 +700,8 @@ def litellm_run(
     out: dict[str, Any] = {"key": f"litellm-{strategy}", "strategy": strategy}
     out.update(json.loads(lines[-1]))
     out["calls"] = delta(backends.calls(), before)  # warm-up included
-    out["tasks"] = args.lf_tasks
-    out["rate_per_s"] = args.lf_rate
+    out["tasks"] = count
+    out["rate_per_s"] = rate
     out["loadavg"] = loadavg()
     return out
 
@@ -717,9 +736,14 @@ def spillover(args: Any, logs: Path) -> dict[str, Any]:
             "load_signal": load_signal,
             "warmup": args.lf_warmup,
             "rounds": args.lf_rounds,
+            "light_tasks": args.lf_light_tasks,
+            "light_rate_per_s": args.lf_light_rate,
         },
         "runs": [],
+        "light": [],
     }
+    heavy = (args.lf_tasks, args.lf_rate)
+    light = (args.lf_light_tasks, args.lf_light_rate)
     with Backends(specs) as backends:
         out["queue_model"] = "bench-side" if backends.own_queue else "fake backend"
         order = args.lf_spill_order.split(",")
@@ -727,11 +751,37 @@ def spillover(args: Any, logs: Path) -> dict[str, Any]:
             # Alternate the order: whatever drifts on a shared machine hits both ends.
             for key in order if round_index % 2 == 0 else order[::-1]:
                 log(f"local-first spillover round {round_index + 1}/{args.lf_rounds}: {key}")
-                run = spill_run(key, f"{key}-r{round_index + 1}", backends, load_signal, args, logs)
+                tag = f"{key}-r{round_index + 1}"
+                run = spill_run(key, tag, backends, load_signal, args, logs, load=heavy)
                 run["key"], run["round"] = key, round_index + 1
                 log(f"  {key}: {json.dumps({k: run.get(k) for k in SHOWN})}")
                 out["runs"].append(run)
+        if args.lf_light_rate > 0:
+            # Below the local capacity: a local-first router should keep everything local.
+            for key in LIGHT_CONTENDERS:
+                log(f"local-first spillover, light load: {key}")
+                run = spill_run(key, f"{key}-light", backends, load_signal, args, logs, load=light)
+                run["key"] = key
+                log(f"  {key}: {json.dumps({k: run.get(k) for k in SHOWN})}")
+                out["light"].append(run)
     return out
+
+
+#: The spillover contenders of each round, in the first round's order.
+SPILL_CONTENDERS = (
+    "chainop-today",
+    "chainop-loadsignal",
+    "chainop-loadsignal-slots",
+    "litellm-least-busy",
+    "litellm-latency-based-routing",
+)
+#: Measured again below the local capacity: the two load-aware chainop/LiteLLM choices.
+LIGHT_CONTENDERS = (
+    "chainop-loadsignal",
+    "chainop-loadsignal-slots",
+    "litellm-least-busy",
+    "litellm-latency-based-routing",
+)
 
 
 def spill_run(
@@ -741,12 +791,28 @@ def spill_run(
     load_signal: dict[str, Any],
     args: Any,
     logs: Path,
+    *,
+    load: tuple[int, float],
 ) -> dict[str, Any]:
-    """One spillover contender by key: chainop-today, chainop-loadsignal, litellm-*."""
+    """One spillover contender by key (chainop-today, chainop-loadsignal, litellm-*);
+    ``load`` is (tasks, arrivals per second)."""
+    count, rate = load
     if key.startswith("litellm-"):
         strategy = key.removeprefix("litellm-")
-        return litellm_run(strategy, backends=backends, args=args, local="vllm", cloud="cloud")
-    extra = {"loadSignal": load_signal} if key == "chainop-loadsignal" else {}
+        return litellm_run(
+            strategy,
+            backends=backends,
+            args=args,
+            local="vllm",
+            cloud="cloud",
+            count=count,
+            rate=rate,
+        )
+    extra: dict[str, Any] = {}
+    if key == "chainop-loadsignal":
+        extra = {"loadSignal": load_signal}
+    elif key == "chainop-loadsignal-slots":  # the server's slots declared, not learned
+        extra = {"loadSignal": {**load_signal, "slots": args.lf_slots}}
     return operator_run(
         tag,
         backends=backends,
@@ -757,7 +823,8 @@ def spill_run(
         hedge=None,
         args=args,
         logs=logs,
-        rate=args.lf_rate,
+        count=count,
+        rate=rate,
         warmup=args.lf_warmup,
         local="vllm",
     )
@@ -802,6 +869,7 @@ def hedging(args: Any, logs: Path) -> dict[str, Any]:
                 hedge=hedge,
                 args=args,
                 logs=logs,
+                count=args.lf_tasks,
                 rate=args.lf_tail_rate,
                 warmup=args.lf_hedge_warmup,
                 local="replica-a",
@@ -831,10 +899,14 @@ def add_arguments(parser: Any) -> None:
     )
     g.add_argument("--lf-warmup", type=int, default=5, help="untimed tasks first")
     g.add_argument("--lf-rounds", type=int, default=2, help="rounds of the spillover contenders")
+    g.add_argument(
+        "--lf-light-rate", type=float, default=10.0, help="arrivals/s below capacity (0: skip)"
+    )
+    g.add_argument("--lf-light-tasks", type=int, default=100, help="tasks at the light rate")
     g.add_argument("--lf-tick", type=float, default=0.25, help="chainop --tick")
     g.add_argument(
         "--lf-spill-order",
-        default="chainop-today,chainop-loadsignal,litellm-least-busy,litellm-latency-based-routing",
+        default=",".join(SPILL_CONTENDERS),
     )
     g.add_argument("--lf-tail-ms", type=float, default=100.0, help="heavy-tailed base time")
     g.add_argument("--lf-tail-share", type=float, default=0.05, help="share of slow calls")
