@@ -316,6 +316,7 @@ def main(argv: list[str] | None = None) -> None:
         args.health_reps = 1
         args.node_kills = 1
         args.node_scale_seconds = 30.0
+        args.lf_rounds = 1
     started = time.monotonic()
     data: dict[str, Any] = {"args": vars(args), "machine": report.machine()}
     previous = report.load_results()
