@@ -667,6 +667,32 @@ async def test_two_chains_sharing_a_metrics_url_cause_one_read_per_interval() ->
     assert a.board.load["gpu"].observed_at == Clock().t + 90  # the last read, at 90 s
 
 
+async def test_a_burst_since_the_reading_reads_sooner_but_not_too_often() -> None:
+    clock, servers = Clock(), Servers()
+    servers.pages["vllm.team.svc/metrics"] = vllm_page(waiting=0)
+    runtime, _ = make_runtime(servers, clock)
+    a = add_chain(runtime, "a", LOCAL, **ACTIVE)
+    await run_ticks(runtime, clock, ticks=1, step=0.25)
+    assert servers.reads("vllm.team.svc/metrics") == 1
+    assert a.board is not None
+    for _ in range(3):  # below BURST_READ_CALLS: the regular cadence only
+        a.board.call_started("gpu")
+    await run_ticks(runtime, clock, ticks=4, step=0.25)
+    assert servers.reads("vllm.team.svc/metrics") == 1
+    a.board.call_started("gpu")  # the fourth call since the reading: read at once
+    await run_ticks(runtime, clock, ticks=1, step=0.1)
+    assert servers.reads("vllm.team.svc/metrics") == 2
+    assert a.board.sent_since_read("gpu") == 0  # the new reading holds them
+    for _ in range(4):
+        a.board.call_started("gpu")
+    await run_ticks(runtime, clock, ticks=1, step=0.1)  # 0.1 s after: within the gap
+    assert servers.reads("vllm.team.svc/metrics") == 2
+    await run_ticks(runtime, clock, ticks=1, step=0.1)  # 0.2 s after: still within
+    assert servers.reads("vllm.team.svc/metrics") == 2
+    await run_ticks(runtime, clock, ticks=1, step=0.1)  # 0.3 s after: read
+    assert servers.reads("vllm.team.svc/metrics") == 3
+
+
 async def test_status_shows_the_reading_and_metrics_have_it() -> None:
     clock, servers = Clock(), Servers()
     servers.pages["vllm.team.svc/metrics"] = vllm_page(waiting=12, running=4, kv=0.5)

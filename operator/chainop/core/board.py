@@ -97,6 +97,12 @@ class HealthBoard:
         slots = declared if declared is not None else self._slots.get(name)
         return replace(reading, delta=delta, slots=slots)
 
+    def sent_since_read(self, name: str) -> int:
+        """Calls to ``name`` started since its last reading minus those ended (0 unread)."""
+        if name not in self.load:
+            return 0
+        return self.inflight.get(name, 0) - self._inflight_at_read.get(name, 0)
+
     def call_started(self, name: str) -> None:
         """A real call to ``name`` is in flight (for the load estimate between readings)."""
         self.inflight[name] = self.inflight.get(name, 0) + 1
