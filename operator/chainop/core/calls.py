@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from chainop.core.models import ProviderSpec, RequestSpec
+from chainop.core.models import ProviderSpec, RequestSpec, ToolCall
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +25,12 @@ class Completion:
     #: Cost reported by the provider itself (jobs protocol); None: compute from usage.
     cost_usd: float | None = None
     job_id: str | None = None
+    #: Tool calls the model answered with (then ``text`` may be empty).
+    tool_calls: tuple[ToolCall, ...] = ()
+    #: Milliseconds from sending the request to the first token (streamed calls only).
+    first_token_ms: int | None = None
+    #: The model the reply names ('' when it names none).
+    model: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +49,9 @@ class CallContext:
     idempotency_key: str = ""
     resume_job_id: str | None = None
     on_job_submitted: Callable[[str], Awaitable[None]] | None = None
+    #: Text a cut stream of an earlier provider delivered: ask this one to continue it
+    #: (``onCutStream: Continue``); None: answer the request from the start.
+    continue_from: str | None = None
 
 
 class ProviderCall(Protocol):

@@ -108,9 +108,24 @@ class RateLimitedError(TransientError):
 
 
 class IncompleteReplyError(TransientError):
-    """A reply that is not a whole answer; the work is redone elsewhere, whole."""
+    """A reply that is not a whole answer; the work is redone elsewhere, whole.
+
+    ``partial_text`` is what a cut stream delivered before it broke (empty otherwise):
+    with ``onCutStream: Continue`` the next provider is asked to continue from it.
+    """
 
     kind = ErrorKind.INCOMPLETE
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, partial_text: str = ""
+    ) -> None:
+        super().__init__(message, status_code=status_code)
+        self.partial_text = partial_text
+
+
+class FirstTokenTimeoutError(TransientError):
+    """A streamed call sent no token within ``firstTokenTimeoutSeconds``: the signature
+    of a hung engine, so it counts against the provider (and as wedge evidence)."""
 
 
 class ModelNotFoundError(ProviderError):

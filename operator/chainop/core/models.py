@@ -14,6 +14,7 @@ names, ``maxSeconds < initialSeconds``); the operator turns such errors into
 from __future__ import annotations
 
 import enum
+import json
 from datetime import datetime
 from typing import Any, Literal
 
@@ -139,6 +140,21 @@ class MessageRole(enum.StrEnum):
     SYSTEM = "system"
     USER = "user"
     ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+class CutStreamPolicy(enum.StrEnum):
+    """What the chain does with a stream that broke after some tokens."""
+
+    REDO = "Redo"
+    CONTINUE = "Continue"
+
+
+class GuardAction(enum.StrEnum):
+    """What a tripped agent guard does."""
+
+    FAIL = "Fail"
+    WARN = "Warn"
 
 
 # --------------------------------------------------------------------------- chain spec
@@ -360,6 +376,24 @@ class ProviderSpec(_Model):
             "Never bench this provider (for pay-per-use providers that never rate-limit)."
         ),
     )
+    stream: bool | None = Field(
+        default=None,
+        description=(
+            "Call with stream=true (SSE) and assemble the answer: time to first token is "
+            "measured and firstTokenTimeoutSeconds applies. Unset: true for Sovereign "
+            "providers, false for others. Ignored by jobs providers."
+        ),
+    )
+    first_token_timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description=(
+            "Streamed calls only: abandon the call when no token came within this long "
+            "(a transient failure of the provider, evidence of a hung engine) and advance. "
+            "Unset: only timeoutSeconds applies."
+        ),
+    )
     load_signal: LoadSignalSpec | None = Field(
         default=None,
         description=(
@@ -367,6 +401,14 @@ class ProviderSpec(_Model):
             "the next provider while it is saturated (in-cluster servers; unset: never)."
         ),
     )
+
+    def streams(self) -> bool:
+        """Whether calls to this provider stream (``stream``, else by privacy tier)."""
+        if self.type is ProviderType.JOBS:
+            return False
+        if self.stream is not None:
+            return self.stream
+        return self.privacy_tier is PrivacyTier.SOVEREIGN
 
 
 class CooldownSpec(_Model):
@@ -535,6 +577,50 @@ class ChainRoutingSpec(_Model):
     )
 
 
+class ToolLoopSpec(_Model):
+    """The same tool called with the same arguments again and again: an agent stuck."""
+
+    identical_calls: int = Field(
+        default=3,
+        ge=2,
+        le=1000,
+        description=(
+            "Trips when this many consecutive tool calls have the same name and arguments."
+        ),
+    )
+    action: GuardAction = Field(
+        default=GuardAction.FAIL,
+        description=(
+            "Fail: the task fails (reason ToolLoop) before any call. Warn: a condition "
+            "and an Event, then go on."
+        ),
+    )
+
+
+class GuardsSpec(_Model):
+    """Guards for agent conversations, checked before any provider is called."""
+
+    max_tool_calls: int = Field(
+        default=50,
+        ge=1,
+        le=100_000,
+        description=(
+            "Fail the task (reason ToolCountExceeded) when the conversation holds more "
+            "tool calls than this."
+        ),
+    )
+    tool_loop: ToolLoopSpec = Field(
+        default_factory=ToolLoopSpec, description="Identical tool calls in a row."
+    )
+    require_configured_model: bool = Field(
+        default=False,
+        description=(
+            "A reply that names another model than the provider's is a failover (transient, "
+            "counted) instead of an answer with a ModelDrift Event."
+        ),
+    )
+
+
 class ProviderChainSpec(_Model):
     """An ordered chain of LLM providers: head first, the last one is the terminus."""
 
@@ -573,6 +659,19 @@ class ProviderChainSpec(_Model):
     routing: ChainRoutingSpec = Field(
         default_factory=ChainRoutingSpec,
         description="Latency-aware ordering of the providers within a privacy tier.",
+    )
+    on_cut_stream: CutStreamPolicy = Field(
+        default=CutStreamPolicy.REDO,
+        description=(
+            "A stream that broke after some tokens (no terminator, an error event, an "
+            "unasked-for context-full stop). Redo: the next provider answers the request "
+            "whole. Continue: the next provider is asked to continue the partial text; the "
+            "result records both parts and stitched=true."
+        ),
+    )
+    guards: GuardsSpec = Field(
+        default_factory=GuardsSpec,
+        description="Agent guards: tool-call count, tool loops, model drift.",
     )
 
     @model_validator(mode="after")
@@ -724,16 +823,60 @@ class ProviderChainStatus(_StatusModel):
 # --------------------------------------------------------------------------- task spec
 
 
+class ToolCall(_Model):
+    """A call of a tool by the model, in OpenAI's shape (arguments as a JSON string)."""
+
+    id: str = Field(min_length=1, max_length=256, description="Id the result refers to.")
+    name: str = Field(min_length=1, max_length=64, description="The tool (function) called.")
+    arguments: str = Field(
+        default="{}",
+        max_length=1_000_000,
+        description="The arguments, a JSON object as a string (as OpenAI sends it).",
+    )
+
+    @model_validator(mode="after")
+    def _arguments_are_a_json_object(self) -> ToolCall:
+        try:
+            value = json.loads(self.arguments)
+        except ValueError as error:
+            raise ValueError(f"toolCalls[].arguments is not JSON: {error}") from None
+        if not isinstance(value, dict):
+            raise ValueError("toolCalls[].arguments must be a JSON object")
+        return self
+
+
 class Message(_Model):
     """One message of the conversation."""
 
-    role: MessageRole = Field(default=MessageRole.USER, description="system, user or assistant.")
-    content: str = Field(max_length=1_000_000, description="Text of the message.")
+    role: MessageRole = Field(
+        default=MessageRole.USER, description="system, user, assistant or tool."
+    )
+    content: str = Field(default="", max_length=1_000_000, description="Text of the message.")
     images: list[str] = Field(
         default_factory=list,
         max_length=16,
         description="Image URLs (or data: URLs) attached to the message; needs vision.",
     )
+    tool_calls: list[ToolCall] = Field(
+        default_factory=list,
+        max_length=128,
+        description="Assistant messages only: the tool calls the model made.",
+    )
+    tool_call_id: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Tool messages only: the id of the call this message is the result of.",
+    )
+
+    @model_validator(mode="after")
+    def _tool_fields_fit_the_role(self) -> Message:
+        if self.tool_calls and self.role is not MessageRole.ASSISTANT:
+            raise ValueError("messages[].toolCalls: only an assistant message carries tool calls")
+        if self.role is MessageRole.TOOL and not self.tool_call_id:
+            raise ValueError("messages[].toolCallId: a tool message needs the id of its call")
+        if self.tool_call_id and self.role is not MessageRole.TOOL:
+            raise ValueError("messages[].toolCallId: only a tool message answers a tool call")
+        return self
 
 
 class ToolSpec(_Model):
@@ -764,6 +907,12 @@ class RequestSpec(_Model):
     def needs_vision(self) -> bool:
         """Whether any message carries an image."""
         return any(message.images for message in self.messages)
+
+    def needs_tools(self) -> bool:
+        """Whether the request offers tools or its conversation holds tool calls/results."""
+        return bool(self.tools) or any(
+            m.tool_calls or m.role is MessageRole.TOOL for m in self.messages
+        )
 
     def estimated_tokens(self) -> int:
         """Prompt tokens estimated as characters/4, plus maxTokens. Purely computational."""
@@ -903,6 +1052,14 @@ class Attempt(_StatusModel):
     started_at: datetime | None = Field(default=None, description="When the call started.")
     job_id: str | None = Field(default=None, description="Job id, for jobs providers.")
     hedged: bool = Field(default=False, description="Started as a hedge of a slower call.")
+    first_token_ms: int | None = Field(
+        default=None, ge=0, description="Time to the first token (streamed calls)."
+    )
+    served_model: str = Field(
+        default="",
+        max_length=256,
+        description="The model the reply named, when it is not the configured one (drift).",
+    )
     cost_usd: float | None = Field(
         default=None,
         ge=0,
@@ -924,6 +1081,16 @@ class PendingJob(_StatusModel):
     submitted_at: datetime | None = Field(default=None, description="When it was submitted.")
 
 
+class ResultPart(_StatusModel):
+    """One provider's part of a stitched answer."""
+
+    provider: str = Field(description="The provider that wrote this part.")
+    chars: int = Field(default=0, ge=0, description="Characters of the text it wrote.")
+    complete: bool = Field(
+        default=True, description="False for a part cut off mid-stream (continued by the next)."
+    )
+
+
 class TaskResult(_StatusModel):
     """The answer and what it cost."""
 
@@ -938,6 +1105,20 @@ class TaskResult(_StatusModel):
     was_terminus: bool = Field(default=False, description="Whether the terminus answered.")
     hedged: bool = Field(
         default=False, description="Whether a hedge raced this answer (see attempts)."
+    )
+    first_token_ms: int | None = Field(
+        default=None, ge=0, description="Time to the answer's first token (streamed calls)."
+    )
+    tool_calls: list[ToolCall] = Field(
+        default_factory=list, description="The tool calls the model answered with."
+    )
+    stitched: bool = Field(
+        default=False,
+        description="The answer continues a cut stream of another provider (see parts).",
+    )
+    parts: list[ResultPart] = Field(
+        default_factory=list,
+        description="With stitched: who wrote which part of the text, in order.",
     )
     extra_cost_usd: float = Field(
         default=0.0,
