@@ -156,6 +156,25 @@ class Metrics:
             ["namespace", "chain"],
             registry=r,
         )
+        self.first_token = Histogram(
+            "chainop_first_token_seconds",
+            "Time from sending a streamed request to its first token, by provider.",
+            ["namespace", "chain", "provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_drift = Counter(
+            "chainop_model_drift_total",
+            "Times a provider's replies started naming another model than the configured one.",
+            ["namespace", "chain", "provider"],
+            registry=r,
+        )
+        self.guard_trips = Counter(
+            "chainop_guard_trips_total",
+            "Agent guards tripped by a task's conversation (ToolCountExceeded, ToolLoop).",
+            ["namespace", "chain", "reason", "action"],
+            registry=r,
+        )
         self.status_writes = Counter(
             "chainop_status_writes_total",
             "Status patches chainop sent to the API server, by resource kind.",

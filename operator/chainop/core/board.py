@@ -51,6 +51,8 @@ class HealthBoard:
         self._slots: dict[str, int | None] = {}
         #: Observed latency of complete answers, per provider (never persisted).
         self.latency: dict[str, LatencyStats] = {}
+        #: The model the last reply of each provider named, when not the configured one.
+        self.served_model: dict[str, str] = {}
         self.version = 0
 
     def get(self, name: str) -> ProviderHealth:

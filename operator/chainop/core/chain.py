@@ -30,16 +30,23 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from chainop.core import rules
 from chainop.core.board import HealthBoard
 from chainop.core.calls import CallContext, Completion, ProviderCall
-from chainop.core.errors import ChainExhaustedError, ProviderError
+from chainop.core.drift import model_matches
+from chainop.core.errors import (
+    ChainExhaustedError,
+    IncompleteReplyError,
+    ProviderError,
+    TransientError,
+)
 from chainop.core.models import (
     Attempt,
     AttemptOutcome,
+    CutStreamPolicy,
     HedgeSpec,
     PrivacyTier,
     ProviderChainSpec,
@@ -97,6 +104,10 @@ class ChainObserver:
     def on_hedge(self, primary: ProviderSpec, hedge: ProviderSpec, after_seconds: float) -> None:
         """An extra attempt started on ``hedge`` because ``primary`` was slow."""
 
+    def on_model_drift(self, provider: ProviderSpec, served: str) -> None:
+        """A reply named another model than the configured one (``served``; '' when a
+        reply names the configured model again). Called once per change, per board."""
+
 
 #: The observer of executions nobody observes (its hooks do nothing).
 _NO_OBSERVER = ChainObserver()
@@ -128,6 +139,8 @@ class ExecutionResult:
     #: Whether a hedge raced this execution, and what the calls it cancelled cost.
     hedged: bool = False
     extra_cost_usd: float = 0.0
+    #: A stitched answer's parts, (provider, characters) in order; empty when not stitched.
+    parts: tuple[tuple[str, int], ...] = ()
     #: CamelCase reason when failed: ChainExhausted, PermanentError, DeadlineExceeded…
     #: or WaitingForProvider (then ``wait`` says for whom and until when).
     failure_reason: str = ""
@@ -226,6 +239,10 @@ class _Walk:
     cursor: int = 0
     previous: ProviderSpec | None = None
     extra_cost: float = 0.0
+    #: With onCutStream: Continue, the text cut streams delivered so far, and who wrote
+    #: which part (provider, characters).
+    continue_from: str | None = None
+    parts: list[tuple[str, int]] = field(default_factory=list)
 
     def record(self, provider: ProviderSpec, attempt: Attempt) -> None:
         self.attempts.append(attempt)
@@ -301,6 +318,7 @@ async def _call_once(
         idempotency_key=key,
         resume_job_id=walk.resume_job,
         on_job_submitted=_job_hook(walk, provider.name, key, number, seen),
+        continue_from=walk.continue_from,
     )
     walk.resume_job = None
     call = _Call(run=run, started=loop.time(), started_at=utc(walk.now()), seen_jobs=seen)
@@ -326,7 +344,29 @@ async def _call_once(
         raise
     except ProviderError as error:
         return _after_error(walk, call, error, is_terminus=is_terminus, retries_left=retries_left)
+    drift = _drift(walk, provider, completion)
+    if drift is not None:
+        return _after_error(walk, call, drift, is_terminus=is_terminus, retries_left=retries_left)
     return _after_success(walk, call, completion, number=number, is_terminus=is_terminus), 0
+
+
+def _drift(walk: _Walk, provider: ProviderSpec, completion: Completion) -> ProviderError | None:
+    """Note a reply naming another model (once per change); an error when the chain's
+    ``guards.requireConfiguredModel`` says such a reply is no answer."""
+    served = (
+        ""
+        if not completion.model or model_matches(provider.model, completion.model)
+        else (completion.model)
+    )
+    if walk.board.served_model.get(provider.name, "") != served:
+        walk.board.served_model[provider.name] = served
+        walk.observer.on_model_drift(provider, served)
+    if served and walk.chain.guards.require_configured_model:
+        return TransientError(
+            f"answered as model {served!r}, not the configured {provider.model!r} "
+            "(guards.requireConfiguredModel)"
+        )
+    return None
 
 
 def _after_error(
@@ -335,6 +375,7 @@ def _after_error(
     """Record a failed call, apply :func:`rules.react`, and say how the run goes on."""
     provider = call.run.provider
     walk.record(provider, call.attempt(AttemptOutcome(error.kind.value), error.message))
+    _keep_cut_text(walk, provider, error)
     verdict = rules.react(
         error,
         provider,
@@ -357,14 +398,28 @@ def _after_error(
     return _RunEnd(_End.ADVANCE, provider), 0
 
 
+def _keep_cut_text(walk: _Walk, provider: ProviderSpec, error: ProviderError) -> None:
+    """With ``onCutStream: Continue``, keep what a cut stream delivered for the next call."""
+    if walk.chain.on_cut_stream is not CutStreamPolicy.CONTINUE:
+        return
+    if isinstance(error, IncompleteReplyError) and error.partial_text:
+        walk.continue_from = (walk.continue_from or "") + error.partial_text
+        walk.parts.append((provider.name, len(error.partial_text)))
+
+
 def _after_success(
     walk: _Walk, call: _Call, completion: Completion, *, number: int, is_terminus: bool
 ) -> _RunEnd:
     """Record a complete answer: attempt, health, observed latency."""
     provider = call.run.provider
     job_id = completion.job_id or (call.seen_jobs[-1] if call.seen_jobs else None)
+    drifted = walk.board.served_model.get(provider.name, "")
     attempt = call.attempt(
-        AttemptOutcome.SUCCEEDED, job_id=job_id, cost_usd=cost_of(provider, completion)
+        AttemptOutcome.SUCCEEDED,
+        job_id=job_id,
+        cost_usd=cost_of(provider, completion),
+        first_token_ms=completion.first_token_ms,
+        served_model=drifted,
     )
     walk.record(provider, attempt)
     walk.board.success(provider.name, now=walk.now())
@@ -460,9 +515,16 @@ def _announce_move(walk: _Walk, provider: ProviderSpec, *, hedge: bool) -> None:
 def _success(walk: _Walk, end: _RunEnd, started: float) -> ExecutionResult:
     assert end.completion is not None
     loop = asyncio.get_running_loop()
+    completion = end.completion
+    parts: tuple[tuple[str, int], ...] = ()
+    if walk.parts and walk.continue_from is not None:
+        # A stitched answer: the cut streams' text, then this continuation.
+        parts = (*walk.parts, (end.provider.name, len(completion.text)))
+        completion = replace(completion, text=walk.continue_from + completion.text)
     return ExecutionResult(
         attempts=tuple(walk.attempts),
-        completion=end.completion,
+        completion=completion,
+        parts=tuple(parts),
         provider=end.provider.name,
         attempt=end.number,
         was_terminus=end.is_terminus,

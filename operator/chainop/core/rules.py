@@ -76,8 +76,8 @@ def capability_miss(provider: ProviderSpec, request: RequestSpec) -> str | None:
     caps = provider.capabilities
     if caps.vision is False and request.needs_vision():
         return "request has images; provider declares vision=false"
-    if caps.tools is False and request.tools:
-        return "request has tools; provider declares tools=false"
+    if caps.tools is False and request.needs_tools():
+        return "request has tools or tool calls; provider declares tools=false"
     if caps.context_window is not None:
         needed = request.estimated_tokens()
         if needed > caps.context_window:

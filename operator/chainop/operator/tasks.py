@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from chainop.core import adaptive, conditions, routing
+from chainop.core import adaptive, conditions, guards, routing
 from chainop.core import chain as executor
 from chainop.core.chain import ChainObserver, ExecutionResult, Resume
 from chainop.core.models import (
@@ -34,9 +34,11 @@ from chainop.core.models import (
     Decision,
     DelegatedTaskSpec,
     DelegatedTaskStatus,
+    GuardAction,
     PendingJob,
     PrivacyTier,
     ProviderSpec,
+    ResultPart,
     TaskPhase,
     TaskResult,
 )
@@ -132,6 +134,10 @@ class TaskObserver(ChainObserver):
         m.provider_requests.labels(*labels).inc()
         if attempt.outcome != executor.SKIPPED:
             m.provider_latency.labels(*labels).observe(attempt.latency_ms / 1000)
+        if attempt.first_token_ms is not None:
+            m.first_token.labels(self.chain.namespace, self.chain.name, provider.name).observe(
+                attempt.first_token_ms / 1000
+            )
         if attempt.hedged and attempt.outcome != executor.SKIPPED:
             result = {
                 AttemptOutcome.SUCCEEDED: "won",
@@ -153,6 +159,24 @@ class TaskObserver(ChainObserver):
                 f"{provider.name} is saturated by its load signal; tasks allowed to go "
                 "further skip it (see the tasks' attempts for the figures)"
             ),
+        )
+
+    def on_model_drift(self, provider: ProviderSpec, served: str) -> None:
+        if served:
+            self.runtime.metrics.model_drift.labels(
+                self.chain.namespace, self.chain.name, provider.name
+            ).inc()
+            message = (
+                f"{provider.name} answered as model {served!r}, not the configured "
+                f"{provider.model!r} (redeployed with another model, or rerouted)"
+            )
+        else:
+            message = f"{provider.name} answers as the configured model {provider.model!r} again"
+        self.runtime.event(
+            self.chain.ref,
+            type="Warning" if served else "Normal",
+            reason="ModelDrift",
+            message=message,
         )
 
     def on_hedge(self, primary: ProviderSpec, hedge: ProviderSpec, after_seconds: float) -> None:
@@ -430,6 +454,17 @@ class TaskRunner:
             )
             return
         self._cancel_deadline(ref.uid)
+        previous, stop = self.apply_guards(ref, previous, spec, chain)
+        if stop is not None:
+            await self.finish(
+                ref,
+                previous,
+                start=start,
+                phase=TaskPhase.FAILED,
+                reason=stop.reason,
+                message=stop.message,
+            )
+            return
         decision = routing.decide(chain.spec, spec, active_order=chain.active_order())
         decision = routing.apply_strategy(chain.spec, decision)
         decision = adaptive.adapt(chain.spec, decision, chain.board.latency)
@@ -451,6 +486,45 @@ class TaskRunner:
             await self.execute(
                 ref, body, previous, spec, chain, decided, start=start, remaining=remaining
             )
+
+    def apply_guards(
+        self,
+        ref: TaskRef,
+        previous: DelegatedTaskStatus,
+        spec: DelegatedTaskSpec,
+        chain: ChainRuntime,
+    ) -> tuple[DelegatedTaskStatus, guards.Trip | None]:
+        """Check the chain's agent guards before any provider is called.
+
+        Returns the guard that fails the task, if any, and the status to build on: Warn
+        guards add a ``GuardWarning`` condition (kept by every later write) and an Event.
+        """
+        assert chain.spec is not None
+        trips = guards.check(chain.spec.guards, spec.request)
+        counter = self.runtime.metrics.guard_trips
+        for trip in trips:
+            if trip.action is GuardAction.FAIL:
+                counter.labels(ref.namespace, chain.name, trip.reason, trip.action.value).inc()
+                return previous, trip
+        for trip in trips:
+            said = conditions.get_condition(previous.conditions, "GuardWarning")
+            if said is not None and (said.reason, said.message) == (trip.reason, trip.message):
+                continue  # a later run of the same task: already said
+            counter.labels(ref.namespace, chain.name, trip.reason, trip.action.value).inc()
+            self.runtime.event(
+                ref.object_ref, type="Warning", reason=trip.reason, message=trip.message
+            )
+            conds = conditions.set_condition(
+                previous.conditions,
+                type="GuardWarning",
+                status="True",
+                reason=trip.reason,
+                message=trip.message,
+                now=_time(self.runtime.clock()),
+                observed_generation=ref.generation,
+            )
+            previous = previous.model_copy(update={"conditions": list(conds)})
+        return previous, None
 
     async def wait_for_chain(
         self,
@@ -758,6 +832,13 @@ class TaskRunner:
             was_terminus=result.was_terminus,
             hedged=result.hedged,
             extra_cost_usd=result.extra_cost_usd,
+            first_token_ms=completion.first_token_ms,
+            tool_calls=list(completion.tool_calls),
+            stitched=bool(result.parts),
+            parts=[
+                ResultPart(provider=name, chars=chars, complete=index == len(result.parts) - 1)
+                for index, (name, chars) in enumerate(result.parts)
+            ],
             output_config_map=config_map,
         )
         where = f" (answer in ConfigMap {config_map})" if config_map else ""

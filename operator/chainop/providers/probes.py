@@ -62,6 +62,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from chainop.core import errors as core_errors
+from chainop.core.drift import model_matches
 from chainop.core.models import ProbeKind, ProviderSpec, ProviderType
 from chainop.providers import anthropic, base, errors
 from chainop.providers.http import Reply
@@ -73,7 +74,6 @@ MAX_SERVED = 100
 #: At most this many served ids are named in a drift message.
 MAX_SERVED_IN_MESSAGE = 8
 
-_DATED_SNAPSHOT = re.compile(r"-\d{8}$")
 _LOADING = re.compile(r"\bloading\b", re.IGNORECASE)
 
 
@@ -210,24 +210,6 @@ def listed_models(data: dict[str, Any]) -> tuple[tuple[str, ...], bool] | None:
 
 def _strings(values: Iterable[Any]) -> list[str]:
     return [value for value in values if isinstance(value, str) and value]
-
-
-def model_matches(configured: str, listed: str) -> bool:
-    """Whether the listing's ``listed`` id serves the ``configured`` model name.
-
-    Purely computational; see the module docstring for the rules.
-    """
-    if configured == listed:
-        return True
-    want, have = _canonical(configured), _canonical(listed)
-    if want == have:
-        return True
-    alias = want.removesuffix("-latest")
-    return have.startswith(alias + "-") and bool(_DATED_SNAPSHOT.fullmatch(have[len(alias) :]))
-
-
-def _canonical(name: str) -> str:
-    return name.removeprefix("models/").removesuffix(":latest")
 
 
 def check_listing(
