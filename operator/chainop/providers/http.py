@@ -30,16 +30,19 @@ import asyncio
 import http.cookiejar
 import json
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
+from httpx_sse import EventSource
 
 from chainop.core import errors as core_errors
+from chainop.core.calls import Completion
 from chainop.providers import errors
+from chainop.providers.stream import Assembler, cut, with_partial
 
 TransportName = Literal["aiohttp", "httpx"]
 TRANSPORTS: tuple[TransportName, ...] = get_args(TransportName)
@@ -184,38 +187,175 @@ class Wire:
             json=json_body,
             timeout=httpx.Timeout(timeout),
         )
-        body_started = False
-        received = 0
+        progress = _Progress()
         try:
             async with asyncio.timeout(timeout):
                 response = await self.client.send(request, stream=True)
                 try:
-                    body_started = True
-                    chunks: list[bytes] = []
-                    declared = response.headers.get("content-length", "")
-                    if declared.isdigit() and int(declared) > self.max_reply_bytes:
-                        raise errors.incomplete(f"reply larger than {self.max_reply_bytes} bytes")
-                    async for chunk in response.aiter_bytes():
-                        received += len(chunk)
-                        if received > self.max_reply_bytes:
-                            raise errors.incomplete(
-                                f"reply larger than {self.max_reply_bytes} bytes"
-                            )
-                        chunks.append(chunk)
+                    progress.body_started = True
+                    body = await self._read_body(response, progress)
                 finally:
                     await response.aclose()
         except core_errors.ProviderError:
             raise
-        except (
-            TimeoutError,
-            httpx.TransportError,
-            httpx.DecodingError,
-            aiohttp.ClientError,
-            OSError,  # raw socket errors an aiohttp transport lets through unmapped
-        ) as exc:
+        except _WIRE_ERRORS as exc:
             raise errors.from_transport_error(
-                exc, timeout=timeout, body_started=body_started, received=received, secrets=secrets
+                exc,
+                timeout=timeout,
+                body_started=progress.body_started,
+                received=progress.received,
+                secrets=secrets,
             ) from None
-        return Reply(
-            status_code=response.status_code, headers=response.headers, body=b"".join(chunks)
+        return Reply(status_code=response.status_code, headers=response.headers, body=body)
+
+    async def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        timeout: float,  # noqa: ASYNC109 - also sets socket timeouts and the message
+        first_token_timeout: float | None,
+        assembler: Assembler,
+        headers: Mapping[str, str] | None = None,
+        json_body: Any = None,
+        secrets: Iterable[str | None] = (),
+    ) -> Reply | Completion:
+        """Send a streaming request and feed its Server-Sent Events to ``assembler``.
+
+        Returns the assembler's whole answer, with ``first_token_ms`` measured from
+        sending the request to the first token the assembler recognised; or, when the
+        server did not answer with an event stream (an HTTP error, or a 2xx JSON body
+        from a server that ignores ``stream``), the :class:`Reply` read whole, for the
+        caller to classify or parse as usual.
+
+        Time: ``timeout`` bounds the whole exchange; ``first_token_timeout`` (when
+        shorter) bounds the wait for the first token, after which the connection is
+        closed and ``FirstTokenTimeoutError`` raised: a hung engine is left at once, not
+        after the whole timeout. A stream that stalls after its first token until
+        ``timeout`` is a cut stream. Reading stops at the terminator (the connection is
+        not waited on) and past ``max_reply_bytes``. Every failure after a token carries
+        the text received as ``IncompleteReplyError.partial_text``.
+        """
+        secrets = tuple(secrets)
+        if timeout <= 0:
+            raise errors.timed_out(0.0)
+        request = self.client.build_request(
+            method,
+            self.url(url),
+            headers={**(headers or {}), "accept": "text/event-stream"},
+            json=json_body,
+            timeout=httpx.Timeout(timeout),
         )
+        first_limit = (
+            first_token_timeout
+            if first_token_timeout is not None and first_token_timeout < timeout
+            else None
+        )
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        first_token = asyncio.timeout(first_limit)
+        first_token_ms: int | None = None
+        progress = _Progress()
+        try:
+            async with asyncio.timeout(timeout), first_token:
+                response = await self.client.send(request, stream=True)
+                try:
+                    progress.body_started = True
+                    if not (200 <= response.status_code < 300 and _is_event_stream(response)):
+                        body = await self._read_body(response, progress)
+                        return Reply(response.status_code, response.headers, body)
+                    response.stream = _BoundedStream(response, self.max_reply_bytes, progress)
+                    async for event in EventSource(response).aiter_sse():
+                        done = assembler.feed(event)
+                        if first_token_ms is None and assembler.has_token:
+                            first_token_ms = round((loop.time() - sent) * 1000)
+                            first_token.reschedule(None)
+                        if done:
+                            break
+                finally:
+                    await response.aclose()
+        except core_errors.ProviderError as error:
+            raise with_partial(error, assembler.partial_text) from None
+        except TimeoutError:
+            if first_token.expired() and first_limit is not None:
+                raise core_errors.FirstTokenTimeoutError(
+                    f"no first token within {errors.format_seconds(first_limit)}"
+                ) from None
+            if assembler.has_token:
+                raise cut(
+                    f"the stream stalled: timed out after {errors.format_seconds(timeout)}, "
+                    f"{len(assembler.partial_text)} characters received",
+                    assembler.partial_text,
+                ) from None
+            raise errors.timed_out(timeout) from None
+        except _WIRE_ERRORS as exc:
+            failure = errors.from_transport_error(
+                exc,
+                timeout=timeout,
+                body_started=progress.body_started,
+                received=progress.received,
+                secrets=secrets,
+            )
+            raise with_partial(failure, assembler.partial_text) from None
+        return assembler.finish(first_token_ms=first_token_ms)
+
+    async def _read_body(self, response: httpx.Response, progress: _Progress) -> bytes:
+        """The whole body, or ``IncompleteReplyError`` past ``max_reply_bytes``."""
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_reply_bytes:
+            raise errors.incomplete(f"reply larger than {self.max_reply_bytes} bytes")
+        chunks: list[bytes] = []
+        async for chunk in response.aiter_bytes():
+            progress.received += len(chunk)
+            if progress.received > self.max_reply_bytes:
+                raise errors.incomplete(f"reply larger than {self.max_reply_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+#: What the transports raise below HTTP (``errors.from_transport_error`` sorts them out).
+_WIRE_ERRORS = (
+    TimeoutError,
+    httpx.TransportError,
+    httpx.DecodingError,
+    aiohttp.ClientError,
+    OSError,  # raw socket errors an aiohttp transport lets through unmapped
+)
+
+
+@dataclass(slots=True)
+class _Progress:
+    """How far a reply got: whether its body started, and how many bytes arrived."""
+
+    body_started: bool = False
+    received: int = 0
+
+
+def _is_event_stream(response: httpx.Response) -> bool:
+    content_type: str = response.headers.get("content-type", "")
+    return content_type.partition(";")[0].strip().lower() == "text/event-stream"
+
+
+class _BoundedStream(httpx.AsyncByteStream):
+    """A response's byte stream that stops past ``limit`` bytes.
+
+    Installed under ``httpx-sse``'s parser, which buffers a line until its newline: a
+    server sending one endless line would otherwise grow that buffer without bound.
+    """
+
+    def __init__(self, response: httpx.Response, limit: int, progress: _Progress) -> None:
+        if not isinstance(response.stream, httpx.AsyncByteStream):
+            raise TypeError("a streamed call needs an async transport")
+        self._inner = response.stream
+        self._limit = limit
+        self._progress = progress
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            self._progress.received += len(chunk)
+            if self._progress.received > self._limit:
+                raise errors.incomplete(f"reply larger than {self._limit} bytes")
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
