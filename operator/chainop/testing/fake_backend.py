@@ -23,33 +23,60 @@ Steering (``POST /_control`` with a JSON object, or :meth:`FakeBackend.set_mode`
 *mode* applies to one ``route`` or, without one, to every route that has no mode of its
 own. Each call replaces that scope's mode; ``{"route": R, "mode": "inherit"}`` drops R's.
 
-==============  ===========================================================================
-mode            behaviour
-==============  ===========================================================================
-healthy         a normal answer
-error           HTTP ``status`` (500) with ``body`` (the server's error envelope, see
-                below, by default) and any extra ``headers``; ``echo_headers: true`` puts
-                the request headers into the body, to check that clients redact secrets
-                a misbehaving server reflects
-slow            sleep ``delay_ms`` then answer normally
-hang            never answer (until the client gives up or the server stops)
-drop            send the status line, headers and half the body, then close the socket
-rate_limit      HTTP 429 with ``Retry-After: retry_after`` (1) and OpenAI's 429 body
-unknown_model   HTTP 404 with OpenAI's model-not-found body naming the requested model
-malformed       HTTP 200 with a body that is not JSON
-empty           HTTP 200 with empty ``choices`` / ``content`` / result text / model list
-hung_engine     the vLLM engine-dead case: ``/models``, ``/health`` and job polls answer
-                normally, completions, messages and job submissions never answer; set it
-                globally (``set_mode("hung_engine")``), it only touches those routes
-loading         llama.cpp loading its model: every route answers 503 with exactly
-                ``{"error":{"code":503,"message":"Loading model","type":
-                "unavailable_error"}}`` (``application/json; charset=utf-8``), as
-                ``middleware_server_state`` in llama.cpp's ``tools/server/
-                server-http.cpp`` does for every path until the model is loaded
-reply           exactly ``status``, ``headers`` (an object of strings, Content-Type
-                included) and ``body`` (a string sent byte for byte), with no header of
-                the fake's own: replays a recorded real reply over a real socket
-==============  ===========================================================================
+==================  ===========================================================================
+mode                behaviour
+==================  ===========================================================================
+healthy             a normal answer
+error               HTTP ``status`` (500) with ``body`` (the server's error envelope, see
+                    below, by default) and any extra ``headers``; ``echo_headers: true`` puts
+                    the request headers into the body, to check that clients redact secrets
+                    a misbehaving server reflects
+slow                sleep ``delay_ms`` then answer normally
+hang                never answer (until the client gives up or the server stops)
+drop                send the status line, headers and half the body, then close the socket
+rate_limit          HTTP 429 with ``Retry-After: retry_after`` (1) and OpenAI's 429 body
+unknown_model       HTTP 404 with OpenAI's model-not-found body naming the requested model
+malformed           HTTP 200 with a body that is not JSON
+empty               HTTP 200 with empty ``choices`` / ``content`` / result text / model list
+hung_engine         the vLLM engine-dead case: ``/models``, ``/health`` and job polls answer
+                    normally, completions, messages and job submissions never answer; set it
+                    globally (``set_mode("hung_engine")``), it only touches those routes
+loading             llama.cpp loading its model: every route answers 503 with exactly
+                    ``{"error":{"code":503,"message":"Loading model","type":
+                    "unavailable_error"}}`` (``application/json; charset=utf-8``), as
+                    ``middleware_server_state`` in llama.cpp's ``tools/server/
+                    server-http.cpp`` does for every path until the model is loaded
+reply               exactly ``status``, ``headers`` (an object of strings, Content-Type
+                    included) and ``body`` (a string sent byte for byte), with no header of
+                    the fake's own: replays a recorded real reply over a real socket
+stall_first_token   a hung engine seen by a stream: the 200 and its headers go out, then no
+                    token until the client gives up; with ``delay_ms``, the stream starts
+                    normally after that long (a slow first token)
+cut                 ``after_chunks`` (2) content chunks, then the connection closes without
+                    the rest, the terminator (``[DONE]`` / ``message_stop``) or the chunked
+                    encoding's last chunk
+error_event         ``after_chunks`` content chunks, then the server's mid-stream error:
+                    vLLM's ``data: {"error": {"message": "Internal server error", "type":
+                    "InternalServerError", "param": null, "code": 500}}`` followed by a
+                    normal ``data: [DONE]``; Anthropic's ``event: error`` with
+                    ``{"type": "error", "error": {"type": "overloaded_error", "message":
+                    "Overloaded"}}``, ending the stream; ``body`` (an object) replaces them
+length_stop         the context-full case: ``after_chunks`` content chunks, then a normal end
+                    with ``finish_reason: "length"`` / ``stop_reason: "max_tokens"``, whatever
+                    the request's ``max_tokens``
+==================  ===========================================================================
+
+The last four are faults *inside generation*: they touch only the chat completions and
+messages routes (every other route answers normally) and they act on streamed requests
+(``"stream": true``); a non-streamed request meets the same fault as a real server shows
+it to one: ``stall_first_token`` never answers (or answers ``delay_ms`` late), ``cut`` is
+``drop``, ``error_event`` is an error status with the same body (vLLM: 500, as
+``_convert_generation_error_to_response`` answers a ``GenerationError``; Anthropic: 529),
+``length_stop`` a whole answer of ``after_chunks`` pieces ending in ``length`` /
+``max_tokens``. Every older mode keeps its behaviour for streamed requests too:
+``hang`` sends not even headers, ``slow`` waits then streams, ``error``/``rate_limit``/...
+refuse with a status before any stream, ``empty`` streams no content, ``drop`` promises
+the whole stream in Content-Length and sends half of it.
 
 Error envelopes follow the servers: the Messages route answers Anthropic's ``{"type":
 "error", "error": {"type", "message"}}`` (docs.anthropic.com/en/api/errors); every other
@@ -65,6 +92,61 @@ exact 404, ``{"error":{"message":"The model `X` does not exist.","type":"NotFoun
 ``fail_next: N`` makes only the next N requests of the scope misbehave (in ``mode``,
 ``error`` by default), after which it is healthy again: the shape of a transient fault.
 Giving ``delay_ms`` without a mode means ``slow``.
+
+Streaming: a chat completion or message whose body has ``"stream": true`` is answered as
+server-sent events (``text/event-stream; charset=utf-8``, chunked), the text split into
+word-sized deltas (``" hello"``, each word with the spaces before it) so a client must
+join them; ``stream_chunk_ms`` (0) is the pause between chunks once the first token is
+out. The framing is copied from the servers (``stream_style``, ``vllm`` by default):
+
+- OpenAI route, ``vllm``: ``chat_completion_stream_generator`` in vLLM's
+  ``vllm/entrypoints/openai/chat_completion/serving.py`` -- ``data: {chunk}\n\n`` per
+  ``chat.completion.chunk`` (``id``, ``object``, ``created``, ``model``, ``choices:
+  [{index, delta, logprobs, finish_reason}]``); the first delta ``{"role": "assistant",
+  "content": ""}``; the last token in the chunk with ``finish_reason`` (and
+  ``stop_reason``); with ``stream_options.include_usage`` a chunk with ``choices: []`` and
+  ``usage``; then ``data: [DONE]\n\n``. Tool calls stream as ``delta.tool_calls: [{index,
+  id, type: "function", function: {name, arguments: ""}}]``, then the JSON arguments in
+  pieces (``[{index, function: {arguments}}]``), ending in ``finish_reason:
+  "tool_calls"``, as vLLM's tool parsers send them.
+- Messages route, ``vllm`` (Anthropic's own framing, from the SDK's
+  ``tests/lib/streaming/fixtures/basic_response.txt`` and ``tool_use_response.txt``):
+  ``event: NAME\ndata: {json}\n\n`` for ``message_start``, ``content_block_start``,
+  ``ping``, ``content_block_delta`` (``text_delta``; ``input_json_delta`` with
+  ``partial_json``, the first one empty, for a ``tool_use`` block opened with ``input:
+  {}``), ``content_block_stop``, ``message_delta`` (``stop_reason``, ``stop_sequence``,
+  ``usage.output_tokens``), ``message_stop``.
+- ``llama.cpp``: llama-server b11434's framing as recorded from the real server (and
+  checked against it by ``tests/integration/test_stream_framing.py``): chunk keys
+  ``choices, created, id, model, system_fingerprint, object``, choices ``{finish_reason,
+  index, delta}``, a first delta with ``"content": null``, the finish in a chunk of its
+  own with ``delta: {}`` (and ``timings``), the usage chunk only with ``include_usage``;
+  on ``/v1/messages`` no ``ping`` and ``message_start`` usage ``{cache_read_input_tokens,
+  input_tokens, output_tokens: 0}``.
+
+Tool calls: the setting ``tool_calls: [{name, arguments, id?}]`` (``arguments`` a JSON
+object or its text) makes the answer to a request that offers ``tools`` those calls
+instead of text (a model calls no tool it was not offered; a request without tools still
+gets the echo): OpenAI ``choices[0].message: {role, content: null, tool_calls: [{id,
+type: "function", function: {name, arguments}}]}``, ``finish_reason: "tool_calls"``;
+Anthropic ``content: [{type: "tool_use", id, name, input}]``, ``stop_reason:
+"tool_use"``; streamed as above. Ids are ``chatcmpl-tool-NAME-N-I`` / ``toolu_NAME_N_I``
+(N the route's request count, I the call's index) unless given. Requests may carry tool
+calls and results: OpenAI assistant ``tool_calls`` and ``role: tool`` messages with
+``tool_call_id``; Anthropic ``tool_use`` blocks and ``tool_result`` blocks. They are
+checked as the real APIs check them -- a ``role: tool`` message must answer an earlier
+``tool_calls`` id (OpenAI); no ``tool`` role, and every ``tool_use`` paired with a
+``tool_result`` in the next message and back (Anthropic); ``tools`` entries must be the
+API's own shape -- and a request that breaks them gets a 400 with the server's envelope
+before the queue. ``GET /_stats`` ``last_request[route]["tools"]`` holds what arrived, in
+one shape for both protocols: ``{"offered": [name], "calls": [{id, name, arguments (JSON
+text)}], "results": [{id, content}]}``; and when the conversation ends with tool
+results, the echo names them instead of the last user text: ``[NAME] echo: tool_result
+ID: CONTENT``.
+
+``answer_model: "other"``: replies (whole and streamed) name this model in ``model``
+instead of the requested one -- a server redeployed with another model, or a gateway
+that rerouted; ``null`` goes back.
 
 Settings (same endpoint, independent of modes): ``job_delay_ms`` (how long a job stays
 queued/running), ``job_status`` (``succeeded`` or ``failed``) and ``job_error`` (the
@@ -146,8 +228,10 @@ import asyncio
 import contextlib
 import itertools
 import json
+import re
 import signal
 import threading
+import time
 from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -166,7 +250,48 @@ GENERATION_ROUTES: Final = frozenset({"openai", "anthropic", "jobs"})
 #: Routes whose requests wait in the engine's queue (a job submission is only recorded).
 QUEUED_ROUTES: Final = frozenset({"openai", "anthropic"})
 #: Modes whose answer comes from the engine, so they queue; the others answer at once.
-ENGINE_MODES: Final = frozenset({"healthy", "slow", "hang", "hung_engine", "drop", "empty"})
+ENGINE_MODES: Final = frozenset(
+    {
+        "healthy",
+        "slow",
+        "hang",
+        "hung_engine",
+        "drop",
+        "empty",
+        "stall_first_token",
+        "cut",
+        "error_event",
+        "length_stop",
+    }
+)
+#: Modes of a fault inside generation: they touch only the chat and messages routes.
+STREAM_MODES: Final = frozenset({"stall_first_token", "cut", "error_event", "length_stop"})
+#: Whose stream framing the fake copies (see "Streaming" in the module docstring).
+STREAM_STYLES: Final = ("vllm", "llama.cpp")
+#: vLLM's ``StreamingResponse(media_type="text/event-stream")`` as Starlette sends it.
+SSE_CONTENT_TYPE: Final = "text/event-stream; charset=utf-8"
+#: How many content chunks ``cut``, ``error_event`` and ``length_stop`` send by default.
+DEFAULT_AFTER_CHUNKS: Final = 2
+#: Characters of a tool call's JSON arguments per streamed chunk.
+ARGUMENT_PIECE_CHARS: Final = 8
+#: vLLM's mid-stream error: ``GenerationError("Internal server error")`` turned into
+#: ``{"error": ErrorInfo}`` by ``_convert_generation_error_to_streaming_response``.
+VLLM_STREAM_ERROR: Final = {
+    "error": {
+        "message": "Internal server error",
+        "type": "InternalServerError",
+        "param": None,
+        "code": 500,
+    }
+}
+#: Anthropic's mid-stream error event (docs "Streaming Messages", error events; the SDK's
+#: ``tests/test_streaming.py``).
+ANTHROPIC_STREAM_ERROR: Final = {
+    "type": "error",
+    "error": {"type": "overloaded_error", "message": "Overloaded"},
+}
+#: ``system_fingerprint`` of the llama.cpp-style chunks (llama-server sends ``b<build>-<commit>``).
+LLAMA_FINGERPRINT: Final = "b0-fake"
 #: The KV-cache gauge's names: vLLM's current one, and the one it had up to 0.8.
 CACHE_METRICS: Final = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 #: ``# HELP`` texts of the gauges, as vLLM writes them (``vllm/v1/metrics/loggers.py``;
@@ -196,9 +321,23 @@ MODES: Final = (
     "hung_engine",
     "loading",
     "reply",
+    "stall_first_token",
+    "cut",
+    "error_event",
+    "length_stop",
 )
 MODE_KEYS: Final = frozenset(
-    {"mode", "status", "body", "headers", "delay_ms", "retry_after", "fail_next", "echo_headers"}
+    {
+        "mode",
+        "status",
+        "body",
+        "headers",
+        "delay_ms",
+        "retry_after",
+        "fail_next",
+        "echo_headers",
+        "after_chunks",
+    }
 )
 SETTING_KEYS: Final = frozenset(
     {
@@ -213,6 +352,10 @@ SETTING_KEYS: Final = frozenset(
         "kv_cache_usage",
         "cache_metric",
         "metrics",
+        "stream_chunk_ms",
+        "stream_style",
+        "tool_calls",
+        "answer_model",
     }
 )
 #: llama.cpp's reply to every route while it loads the model, byte for byte:
@@ -264,6 +407,7 @@ class ModeConfig:
     retry_after: float = 1.0
     fail_next: int | None = None
     echo_headers: bool = False
+    after_chunks: int = DEFAULT_AFTER_CHUNKS
 
 
 @dataclass(slots=True)
@@ -280,6 +424,10 @@ class Settings:
     kv_cache_usage: float | None = None
     cache_metric: str = CACHE_METRICS[0]
     metrics: bool = True
+    stream_chunk_ms: float = 0.0
+    stream_style: str = STREAM_STYLES[0]
+    tool_calls: list[dict[str, Any]] | None = None
+    answer_model: str | None = None
 
 
 class EngineQueue:
@@ -457,6 +605,23 @@ class BackendState:
         if "api_key" in payload:
             settings.api_key = payload["api_key"] or None
         self._apply_queue_settings(payload)
+        self._apply_stream_settings(payload)
+
+    def _apply_stream_settings(self, payload: Mapping[str, Any]) -> None:
+        settings = self.settings
+        if "stream_chunk_ms" in payload:
+            settings.stream_chunk_ms = _number(payload, "stream_chunk_ms")
+        if "stream_style" in payload:
+            if payload["stream_style"] not in STREAM_STYLES:
+                raise ControlError(f"stream_style must be one of {STREAM_STYLES}")
+            settings.stream_style = payload["stream_style"]
+        if "tool_calls" in payload:
+            settings.tool_calls = _checked_tool_calls(payload["tool_calls"])
+        if "answer_model" in payload:
+            answer = payload["answer_model"]
+            if answer is not None and not (isinstance(answer, str) and answer):
+                raise ControlError("answer_model must be a non-empty string or null")
+            settings.answer_model = answer
 
     def _apply_queue_settings(self, payload: Mapping[str, Any]) -> None:
         settings = self.settings
@@ -535,6 +700,45 @@ def _checked_limit(value: Any) -> int | None:
     return value
 
 
+def _checked_tool_calls(value: Any) -> list[dict[str, Any]] | None:
+    """``tool_calls`` as ``[{name, arguments (a JSON object's text), input, id?}]``.
+
+    ``arguments`` may be given as the JSON text OpenAI sends or as the object Anthropic
+    sends; both protocols are answered from it, so it must be a JSON object.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise ControlError("tool_calls must be a non-empty list of {name, arguments} or null")
+    calls = []
+    for call in value:
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not call["name"]:
+            raise ControlError("every tool call needs a name")
+        unknown = set(call) - {"name", "arguments", "id"}
+        if unknown:
+            raise ControlError(f"unknown tool call keys: {sorted(unknown)}")
+        arguments = call.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except ValueError as exc:
+                raise ControlError(f"tool call arguments are not JSON: {exc}") from None
+        if not isinstance(arguments, dict):
+            raise ControlError("tool call arguments must be a JSON object (or its text)")
+        call_id = call.get("id")
+        if call_id is not None and not (isinstance(call_id, str) and call_id):
+            raise ControlError("a tool call id must be a non-empty string")
+        calls.append(
+            {
+                "name": call["name"],
+                "arguments": json.dumps(arguments),
+                "input": arguments,
+                "id": call_id,
+            }
+        )
+    return calls
+
+
 def _checked_mode(mode: Any) -> str:
     if mode not in MODES:
         raise ControlError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
@@ -586,6 +790,11 @@ def _mode_config(payload: Mapping[str, Any]) -> ModeConfig:
         changes["fail_next"] = fail_next
     if "echo_headers" in payload:
         changes["echo_headers"] = bool(payload["echo_headers"])
+    if "after_chunks" in payload:
+        after = payload["after_chunks"]
+        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+            raise ControlError("after_chunks must be a non-negative integer")
+        changes["after_chunks"] = after
     return ModeConfig(**{**asdict(config), **changes})
 
 
@@ -653,6 +862,524 @@ def _model_of(body: Mapping[str, Any]) -> str:
     return requested if isinstance(requested, str) else DEFAULT_MODEL
 
 
+# --------------------------------------------------------------------------- answers
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One part of an answer: text, or a tool call, and the pieces it is streamed in."""
+
+    pieces: tuple[str, ...]
+    tool_id: str | None = None
+    tool_name: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The whole text (for a tool call: its JSON arguments)."""
+        return "".join(self.pieces)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the fake answers, before a protocol shapes it (whole or streamed).
+
+    ``finish`` is OpenAI's ``finish_reason`` (``stop``, ``length``, ``tool_calls``);
+    :data:`ANTHROPIC_STOP` maps it to a ``stop_reason``.
+    """
+
+    id: str
+    model: str
+    blocks: tuple[Block, ...]
+    finish: str
+    prompt_tokens: int
+    created: int
+
+    @property
+    def output_tokens(self) -> int:
+        """About characters/4 of what was generated, at least 1 (as the text answers)."""
+        return max(1, sum(len(block.text) for block in self.blocks) // 4)
+
+    @property
+    def text(self) -> str:
+        """The text blocks joined (tool calls left out)."""
+        return "".join(block.text for block in self.blocks if block.tool_name is None)
+
+    @property
+    def tool_calls(self) -> tuple[Block, ...]:
+        """The tool-call blocks."""
+        return tuple(block for block in self.blocks if block.tool_name is not None)
+
+
+#: Anthropic's ``stop_reason`` for each ``finish_reason``.
+ANTHROPIC_STOP: Final = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+
+
+def _pieces(text: str) -> tuple[str, ...]:
+    """Split text into word-sized deltas, each word with the spaces before it (as
+    tokenizers cut it: ``"I"``, ``"'m"``, ``" glad"``); joined they give the text back."""
+    pieces = re.findall(r"\s*\S+", text)
+    rest = text[len("".join(pieces)) :]
+    if rest:
+        pieces.append(rest)
+    return tuple(pieces)
+
+
+def _argument_pieces(arguments: str) -> tuple[str, ...]:
+    """A tool call's JSON text in :data:`ARGUMENT_PIECE_CHARS`-character pieces, so a
+    client has to join partial JSON (as servers stream it: ``{"locati``, ``on": "P``)."""
+    size = ARGUMENT_PIECE_CHARS
+    return tuple(arguments[i : i + size] for i in range(0, len(arguments), size))
+
+
+def _truncated(blocks: tuple[Block, ...], budget: int) -> tuple[Block, ...]:
+    """The first ``budget`` pieces of the answer (mode ``length_stop``): blocks past the
+    budget are left out, the one it ends in is cut short."""
+    kept: list[Block] = []
+    for block in blocks:
+        if budget <= 0:
+            break
+        pieces = block.pieces[:budget]
+        budget -= len(pieces)
+        kept.append(Block(pieces, block.tool_id, block.tool_name))
+    return tuple(kept)
+
+
+def _offers_tools(body: Mapping[str, Any]) -> bool:
+    tools = body.get("tools")
+    return isinstance(tools, list) and bool(tools)
+
+
+def _subject(route: str, body: Mapping[str, Any]) -> str:
+    """What the echo names: the last user message, or, when the conversation ends with
+    tool results, those results (``tool_result ID: CONTENT``) -- so a test sees the result
+    of a tool arrived, translated, where the model would read it."""
+    messages = body.get("messages")
+    messages = [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
+    if messages:
+        last = messages[-1]
+        results: list[tuple[Any, str]] = []
+        if route == "openai":
+            for message in reversed(messages):
+                if message.get("role") != "tool":
+                    break
+                results.insert(0, (message.get("tool_call_id"), _text_of(message.get("content"))))
+        elif isinstance(last.get("content"), list):
+            results = [
+                (block.get("tool_use_id"), _text_of(block.get("content")))
+                for block in last["content"]
+                if isinstance(block, dict) and block.get("type") == "tool_result"
+            ]
+        if results:
+            return " ".join(f"tool_result {call_id}: {content}" for call_id, content in results)
+    return _conversation(body)[0]
+
+
+def _tool_traffic(route: str, body: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The tools a request offers and the tool calls and results its messages carry, in one
+    shape for both protocols (``{"offered": [name], "calls": [{id, name, arguments}],
+    "results": [{id, content}]}``, ``arguments`` as JSON text); and what a real server
+    would refuse in them (``None``: nothing).
+
+    The checks are the servers' own: OpenAI refuses a ``role: tool`` message that answers
+    no earlier ``tool_calls`` entry; Anthropic knows no ``tool`` role and pairs every
+    ``tool_use`` block with a ``tool_result`` in the next message and back. A translation
+    that breaks them gets the 400 it would get for real.
+    """
+    offered: list[str] = []
+    calls: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    summary = {"offered": offered, "calls": calls, "results": results}
+    tools = body.get("tools")
+    for tool in tools if isinstance(tools, list) else []:
+        name = None
+        if isinstance(tool, dict):
+            function = tool.get("function")
+            if route == "openai" and isinstance(function, dict):
+                name = function.get("name")
+            elif route == "anthropic" and isinstance(tool.get("input_schema"), dict):
+                name = tool.get("name")
+        if not isinstance(name, str):
+            return summary, f"tools.{len(offered)}: not a tool definition of this API: {tool!r}"
+        offered.append(name)
+    messages = body.get("messages")
+    messages = [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
+    if route == "openai":
+        problem = _openai_tool_messages(messages, calls, results)
+    else:
+        problem = _anthropic_tool_messages(messages, calls, results)
+    return summary, problem
+
+
+def _openai_tool_messages(
+    messages: list[dict[str, Any]], calls: list[dict[str, Any]], results: list[dict[str, Any]]
+) -> str | None:
+    known: set[str] = set()
+    for index, message in enumerate(messages):
+        role = message.get("role")
+        tool_calls = message.get("tool_calls")
+        if role == "assistant" and tool_calls is not None:
+            if not isinstance(tool_calls, list):
+                return f"messages.{index}.tool_calls must be a list"
+            for call in tool_calls:
+                function = call.get("function") if isinstance(call, dict) else None
+                if not (
+                    isinstance(call, dict)
+                    and isinstance(call.get("id"), str)
+                    and call.get("type") == "function"
+                    and isinstance(function, dict)
+                    and isinstance(function.get("name"), str)
+                    and isinstance(function.get("arguments"), str)
+                ):
+                    return (
+                        f"messages.{index}.tool_calls: every call needs an id, type "
+                        f"'function' and function {{name, arguments (a string)}}: {call!r}"
+                    )
+                known.add(call["id"])
+                calls.append(
+                    {"id": call["id"], "name": function["name"], "arguments": function["arguments"]}
+                )
+        elif role == "tool":
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str) or call_id not in known:
+                # OpenAI's own words for it.
+                return (
+                    "Invalid parameter: messages with role 'tool' must be a response to a "
+                    f"preceeding message with 'tool_calls' (messages.{index}, tool_call_id "
+                    f"{call_id!r})."
+                )
+            results.append({"id": call_id, "content": _text_of(message.get("content"))})
+    return None
+
+
+def _anthropic_tool_messages(
+    messages: list[dict[str, Any]], calls: list[dict[str, Any]], results: list[dict[str, Any]]
+) -> str | None:
+    pending: list[str] = []  # tool_use ids of the previous assistant message
+    for index, message in enumerate(messages):
+        role = message.get("role")
+        if role not in ("user", "assistant"):
+            return f"messages.{index}.role: Input should be 'user' or 'assistant'"
+        content = message.get("content")
+        blocks = [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+        answered: list[str] = []
+        uses: list[str] = []
+        for position, block in enumerate(blocks):
+            kind = block.get("type")
+            if kind == "tool_use":
+                if role != "assistant" or not (
+                    isinstance(block.get("id"), str)
+                    and isinstance(block.get("name"), str)
+                    and isinstance(block.get("input"), dict)
+                ):
+                    return f"messages.{index}.content.{position}: a bad tool_use block"
+                uses.append(block["id"])
+                calls.append(
+                    {
+                        "id": block["id"],
+                        "name": block["name"],
+                        "arguments": json.dumps(block["input"]),
+                    }
+                )
+            elif kind == "tool_result":
+                call_id = block.get("tool_use_id")
+                if role != "user" or call_id not in pending:
+                    # Anthropic's own words for it.
+                    return (
+                        f"messages.{index}.content.{position}: unexpected `tool_use_id` found "
+                        f"in `tool_result` blocks: {call_id}. Each `tool_result` block must "
+                        "have a corresponding `tool_use` block in the previous message."
+                    )
+                answered.append(call_id)
+                results.append({"id": call_id, "content": _text_of(block.get("content"))})
+        unanswered = [call_id for call_id in pending if call_id not in answered]
+        if unanswered:
+            return (
+                f"messages.{index}: `tool_use` ids were found without `tool_result` blocks "
+                f"immediately after: {', '.join(unanswered)}. Each `tool_use` block must have "
+                "a corresponding `tool_result` block in the next message."
+            )
+        pending = uses
+    return None
+
+
+def _stream_error_payload(route: str, config: ModeConfig) -> Any:
+    """What ``error_event`` reports: the mode's ``body`` if it is an object, else vLLM's
+    generation error or Anthropic's ``overloaded_error``."""
+    if isinstance(config.body, dict):
+        return config.body
+    return VLLM_STREAM_ERROR if route == "openai" else ANTHROPIC_STREAM_ERROR
+
+
+def _stream_error_frame(route: str, config: ModeConfig) -> bytes:
+    """The mid-stream error: vLLM's ``data: {"error": ...}`` (``json.dumps`` with its
+    default separators, as ``create_streaming_error_response`` writes it) followed by the
+    normal ``data: [DONE]``; Anthropic's ``event: error`` that ends the stream."""
+    payload = _stream_error_payload(route, config)
+    if route == "openai":
+        return b"data: " + json.dumps(payload).encode() + b"\n\ndata: [DONE]\n\n"
+    return _sse_event("error", payload, spaced=True)
+
+
+def _openai_message(answer: Answer) -> dict[str, Any]:
+    """``choices[0].message`` of a whole answer: text, or tool calls with no content (as
+    vLLM's ``chat_completion_full_generator`` builds it for auto tool choice)."""
+    if answer.tool_calls:
+        return {
+            "role": "assistant",
+            "content": answer.text or None,
+            "tool_calls": [
+                {
+                    "id": block.tool_id,
+                    "type": "function",
+                    "function": {"name": block.tool_name, "arguments": block.text},
+                }
+                for block in answer.tool_calls
+            ],
+        }
+    return {"role": "assistant", "content": answer.text}
+
+
+def _openai_body(answer: Answer, empty: bool) -> dict[str, Any]:
+    output_tokens = answer.output_tokens
+    choice = {"index": 0, "message": _openai_message(answer), "finish_reason": answer.finish}
+    return {
+        "id": answer.id,
+        "object": "chat.completion",
+        "created": answer.created,
+        "model": answer.model,
+        "choices": [] if empty else [choice],
+        "usage": {
+            "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": output_tokens,
+            "total_tokens": answer.prompt_tokens + output_tokens,
+        },
+    }
+
+
+def _anthropic_content(block: Block) -> dict[str, Any]:
+    if block.tool_name is None:
+        return {"type": "text", "text": block.text}
+    return {
+        "type": "tool_use",
+        "id": block.tool_id,
+        "name": block.tool_name,
+        "input": json.loads(block.text) if block.text else {},
+    }
+
+
+def _anthropic_body(answer: Answer, empty: bool) -> dict[str, Any]:
+    return {
+        "id": answer.id,
+        "type": "message",
+        "role": "assistant",
+        "model": answer.model,
+        "content": [] if empty else [_anthropic_content(block) for block in answer.blocks],
+        "stop_reason": ANTHROPIC_STOP[answer.finish],
+        "stop_sequence": None,
+        "usage": {"input_tokens": answer.prompt_tokens, "output_tokens": answer.output_tokens},
+    }
+
+
+#: A streamed event and its kind: ``token`` (carries generated text or arguments: what
+#: ``after_chunks`` counts), ``end`` (finishes the message: a finish without a token,
+#: usage, ``[DONE]``, ``message_delta``, ``message_stop``) or ``frame`` (any other).
+Frame = tuple[str, bytes]
+
+
+def _sse_data(payload: Any) -> bytes:
+    """``data: JSON\\n\\n``: one OpenAI-style event (no ``event:`` line)."""
+    return b"data: " + _json_bytes(payload) + b"\n\n"
+
+
+def _sse_event(event: str, payload: Any, *, spaced: bool = False) -> bytes:
+    """``event: NAME\\ndata: JSON\\n\\n``: one Anthropic-style event. ``spaced``: JSON with
+    ``json.dumps``' default separators, as Anthropic writes its ping and error events."""
+    data = json.dumps(payload).encode() if spaced else _json_bytes(payload)
+    return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
+
+
+def _openai_frames(answer: Answer, style: str, include_usage: bool) -> list[Frame]:
+    """A chat completion as ``chat.completion.chunk`` events, then ``data: [DONE]``.
+
+    ``vllm`` (``chat_completion_stream_generator`` in vLLM's ``vllm/entrypoints/openai/
+    chat_completion/serving.py``): the first chunk's delta is ``{"role": "assistant",
+    "content": ""}``; every choice carries ``logprobs`` and ``finish_reason`` (null until
+    the end); the last token rides in the chunk that has the ``finish_reason`` (and
+    ``stop_reason``); with ``stream_options.include_usage`` a last chunk has ``choices:
+    []`` and ``usage``. A tool call starts with ``{"index", "id", "type": "function",
+    "function": {"name", "arguments": ""}}`` and its arguments follow in pieces
+    (``{"index", "function": {"arguments"}}``), as vLLM's tool parsers stream them; it
+    ends with ``finish_reason: "tool_calls"``.
+
+    ``llama.cpp`` (as llama-server b11434 sent it, tests/integration/
+    test_stream_framing.py): keys ``choices, created, id, model, system_fingerprint,
+    object``; the first delta is ``{"role": "assistant", "content": null}``; a choice is
+    ``{"finish_reason", "index", "delta"}``; the finish comes in a chunk of its own with
+    ``delta: {}`` and ``timings``; the usage chunk (``choices: []``, ``usage``,
+    ``timings``) only with ``include_usage``.
+    """
+    llama = style == "llama.cpp"
+    usage = {
+        "prompt_tokens": answer.prompt_tokens,
+        "completion_tokens": answer.output_tokens,
+        "total_tokens": answer.prompt_tokens + answer.output_tokens,
+    }
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        if llama:
+            choice: dict[str, Any] = {"finish_reason": finish, "index": 0, "delta": delta}
+            return _sse_data(
+                {
+                    "choices": [choice],
+                    "created": answer.created,
+                    "id": answer.id,
+                    "model": answer.model,
+                    "system_fingerprint": LLAMA_FINGERPRINT,
+                    "object": "chat.completion.chunk",
+                    **extra,
+                }
+            )
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        if finish is not None:
+            choice["stop_reason"] = None
+        return _sse_data(
+            {
+                "id": answer.id,
+                "object": "chat.completion.chunk",
+                "created": answer.created,
+                "model": answer.model,
+                "choices": [choice],
+            }
+        )
+
+    frames: list[Frame] = [
+        ("frame", chunk({"role": "assistant", "content": None if llama else ""}))
+    ]
+    deltas: list[dict[str, Any]] = []
+    tool_index = 0
+    for block in answer.blocks:
+        if block.tool_name is None:
+            deltas.extend({"content": piece} for piece in block.pieces)
+            continue
+        opened = {
+            "index": tool_index,
+            "id": block.tool_id,
+            "type": "function",
+            "function": {"name": block.tool_name, "arguments": ""},
+        }
+        deltas.append({"tool_calls": [opened]})
+        deltas.extend(
+            {"tool_calls": [{"index": tool_index, "function": {"arguments": piece}}]}
+            for piece in block.pieces
+        )
+        tool_index += 1
+    timings = {
+        "cache_n": 0,
+        "prompt_n": answer.prompt_tokens,
+        "prompt_ms": 0.0,
+        "prompt_per_token_ms": 0.0,
+        "prompt_per_second": 0.0,
+        "predicted_n": answer.output_tokens,
+        "predicted_ms": 0.0,
+        "predicted_per_token_ms": 0.0,
+        "predicted_per_second": 0.0,
+    }
+    if llama or not deltas:
+        frames.extend(("token", chunk(delta)) for delta in deltas)
+        extra = {} if include_usage or not llama else {"timings": timings}
+        frames.append(("end", chunk({}, answer.finish, **extra)))
+    else:  # vLLM: the last token and the finish in one chunk
+        frames.extend(("token", chunk(delta)) for delta in deltas[:-1])
+        frames.append(("token", chunk(deltas[-1], answer.finish)))
+    if include_usage:
+        if llama:
+            usage_chunk: dict[str, Any] = {
+                "choices": [],
+                "created": answer.created,
+                "id": answer.id,
+                "model": answer.model,
+                "system_fingerprint": LLAMA_FINGERPRINT,
+                "object": "chat.completion.chunk",
+                "usage": {**usage, "prompt_tokens_details": {"cached_tokens": 0}},
+                "timings": timings,
+            }
+        else:
+            usage_chunk = {
+                "id": answer.id,
+                "object": "chat.completion.chunk",
+                "created": answer.created,
+                "model": answer.model,
+                "choices": [],
+                "usage": usage,
+            }
+        frames.append(("end", _sse_data(usage_chunk)))
+    frames.append(("end", b"data: [DONE]\n\n"))
+    return frames
+
+
+def _anthropic_frames(answer: Answer, style: str) -> list[Frame]:
+    """A message as Anthropic's events: ``message_start``, per content block
+    ``content_block_start`` / ``content_block_delta`` (``text_delta``; ``input_json_delta``
+    with ``partial_json`` for a ``tool_use`` block, opened with ``input: {}`` and an empty
+    first piece) / ``content_block_stop``, then ``message_delta`` (``stop_reason``,
+    ``usage.output_tokens``) and ``message_stop``.
+
+    ``vllm`` style is Anthropic's own (the SDK's ``tests/lib/streaming/fixtures/
+    basic_response.txt`` and ``tool_use_response.txt``): a ``ping`` after the first
+    ``content_block_start``, ``message_start`` usage ``{input_tokens, output_tokens: 1}``.
+    ``llama.cpp`` style is llama-server's ``/v1/messages``: no ``ping``; usage
+    ``{cache_read_input_tokens, input_tokens, output_tokens: 0}``.
+    """
+    llama = style == "llama.cpp"
+    start_usage = (
+        {"cache_read_input_tokens": 0, "input_tokens": answer.prompt_tokens, "output_tokens": 0}
+        if llama
+        else {"input_tokens": answer.prompt_tokens, "output_tokens": 1}
+    )
+    message: dict[str, Any] = {
+        "id": answer.id,
+        "type": "message",
+        "role": "assistant",
+        "content": [],
+        "model": answer.model,
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": start_usage,
+    }
+    frames: list[Frame] = [
+        ("frame", _sse_event("message_start", {"type": "message_start", "message": message}))
+    ]
+    ping = ("frame", _sse_event("ping", {"type": "ping"}, spaced=True))
+    for index, block in enumerate(answer.blocks):
+        if block.tool_name is None:
+            opened: dict[str, Any] = {"type": "text", "text": ""}
+            deltas = [{"type": "text_delta", "text": piece} for piece in block.pieces]
+        else:
+            opened = {"type": "tool_use", "id": block.tool_id, "name": block.tool_name, "input": {}}
+            deltas = [{"type": "input_json_delta", "partial_json": ""}]
+            deltas.extend({"type": "input_json_delta", "partial_json": p} for p in block.pieces)
+        start = {"type": "content_block_start", "index": index, "content_block": opened}
+        frames.append(("frame", _sse_event("content_block_start", start)))
+        if index == 0 and not llama:
+            frames.append(ping)
+        for delta in deltas:
+            kind = "token" if delta.get("text") or delta.get("partial_json") else "frame"
+            payload = {"type": "content_block_delta", "index": index, "delta": delta}
+            frames.append((kind, _sse_event("content_block_delta", payload)))
+        stop = {"type": "content_block_stop", "index": index}
+        frames.append(("frame", _sse_event("content_block_stop", stop)))
+    if not answer.blocks and not llama:
+        frames.append(ping)
+    finish = {
+        "type": "message_delta",
+        "delta": {"stop_reason": ANTHROPIC_STOP[answer.finish], "stop_sequence": None},
+        "usage": {"output_tokens": answer.output_tokens},
+    }
+    frames.append(("end", _sse_event("message_delta", finish)))
+    frames.append(("end", _sse_event("message_stop", {"type": "message_stop"})))
+    return frames
+
+
 class _EngineGauges:
     """A ``prometheus_client`` collector of the queue's gauges, read at scrape time."""
 
@@ -690,6 +1417,11 @@ def _replay(config: ModeConfig) -> web.Response:
     )
 
 
+#: A route's answer builder: ``(request, body, empty) -> (status, payload)``; ``None`` for
+#: the generation routes, which :meth:`FakeServer._generate` answers (whole or streamed).
+Build = Callable[[web.Request, Mapping[str, Any], bool], Awaitable[tuple[int, Any]]] | None
+
+
 class FakeServer:
     """The aiohttp application around a :class:`BackendState`."""
 
@@ -699,9 +1431,9 @@ class FakeServer:
         self._headers = {"x-fake-backend": state.name}
         add = self.app.router.add_route
         for path in ("/chat/completions", "/v1/chat/completions"):
-            add("POST", path, self._route("openai", self._openai))
+            add("POST", path, self._route("openai", None))
         for path in ("/v1/messages", "/messages"):
-            add("POST", path, self._route("anthropic", self._anthropic))
+            add("POST", path, self._route("anthropic", None))
         add("POST", "/jobs", self._route("jobs", self._submit_job))
         add("GET", "/jobs/{job_id}", self._route("jobs_poll", self._poll_job))
         for path in ("/models", "/v1/models"):
@@ -755,7 +1487,7 @@ class FakeServer:
     def _route(
         self,
         route: str,
-        build: Callable[[web.Request, Mapping[str, Any], bool], Awaitable[tuple[int, Any]]],
+        build: Build,
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         """Wrap a route's answer builder in counting, auth and failure modes."""
 
@@ -781,6 +1513,10 @@ class FakeServer:
                     if key in request.headers
                 },
             }
+            tool_problem = None
+            if route in QUEUED_ROUTES:
+                tools, tool_problem = _tool_traffic(route, body)
+                state.last_request[route]["tools"] = tools
             # /health is public, as on vLLM (its key guards /v1 only) and llama.cpp.
             if route != "health" and not self._authorized(request):
                 state.outcomes[route]["unauthorized"] += 1
@@ -789,8 +1525,12 @@ class FakeServer:
             mode = config.mode
             if mode == "hung_engine" and route not in GENERATION_ROUTES:
                 mode = "healthy"  # the API server still lists models and answers /health
+            if mode in STREAM_MODES and route not in QUEUED_ROUTES:
+                mode = "healthy"  # a fault inside generation: only chat and messages see it
             state.outcomes[route][mode] += 1
             if route in QUEUED_ROUTES and mode in ENGINE_MODES:
+                if tool_problem is not None:  # refused before the scheduler sees it
+                    return self._error_json(route, 400, tool_problem)
                 return await self._queued(request, route, body, config, mode, build)
             if mode in ("hang", "hung_engine"):
                 await asyncio.get_running_loop().create_future()
@@ -819,7 +1559,7 @@ class FakeServer:
             refused = self._unserved(route, body)
             if refused is not None:
                 return refused
-            return await self._answer(request, route, body, mode, build)
+            return await self._answer(request, route, body, mode, build, config)
 
         return handle
 
@@ -830,7 +1570,7 @@ class FakeServer:
         body: Mapping[str, Any],
         config: ModeConfig,
         mode: str,
-        build: Callable[[web.Request, Mapping[str, Any], bool], Awaitable[tuple[int, Any]]],
+        build: Build,
     ) -> web.StreamResponse:
         """An answer that needs the engine: wait for a slot (FIFO), hold it for the service
         time (``slow``: ``delay_ms``, else ``service_ms``), answer, free it.
@@ -850,7 +1590,7 @@ class FakeServer:
                 delay_ms = config.delay_ms if mode == "slow" else state.settings.service_ms
                 if delay_ms > 0:
                     await asyncio.sleep(delay_ms / 1000)
-                return await self._answer(request, route, body, mode, build)
+                return await self._answer(request, route, body, mode, build, config)
         except asyncio.CancelledError:
             state.cancelled[route] += 1
             raise
@@ -869,9 +1609,12 @@ class FakeServer:
         route: str,
         body: Mapping[str, Any],
         mode: str,
-        build: Callable[[web.Request, Mapping[str, Any], bool], Awaitable[tuple[int, Any]]],
+        build: Build,
+        config: ModeConfig,
     ) -> web.StreamResponse:
         """The route's normal answer (``empty``: without content; ``drop``: cut short)."""
+        if build is None:
+            return await self._generate(request, route, body, mode, config)
         status, payload = await build(request, body, mode == "empty")
         if payload is None:  # vLLM's /health: 200 with an empty body
             return web.Response(status=status, headers=self._headers)
@@ -890,45 +1633,145 @@ class FakeServer:
             request.headers.get("x-api-key") == expected
         )
 
-    async def _openai(
-        self, request: web.Request, body: Mapping[str, Any], empty: bool
-    ) -> tuple[int, Any]:
-        last_user, prompt_tokens = _conversation(body)
-        text = f"[{self.state.name}] echo: {last_user}"
-        output_tokens = max(1, len(text) // 4)
-        choices = [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop",
-            }
-        ]
-        return 200, {
-            "id": f"chatcmpl-{self.state.name}",
-            "object": "chat.completion",
-            "model": body.get("model", DEFAULT_MODEL),
-            "choices": [] if empty else choices,
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": output_tokens,
-                "total_tokens": prompt_tokens + output_tokens,
-            },
-        }
+    async def _generate(
+        self,
+        request: web.Request,
+        route: str,
+        body: Mapping[str, Any],
+        mode: str,
+        config: ModeConfig,
+    ) -> web.StreamResponse:
+        """A chat completion or a message, whole or streamed (``"stream": true``).
 
-    async def _anthropic(
-        self, request: web.Request, body: Mapping[str, Any], empty: bool
-    ) -> tuple[int, Any]:
-        last_user, input_tokens = _conversation(body)
-        text = f"[{self.state.name}] echo: {last_user}"
-        return 200, {
-            "id": f"msg_{self.state.name}",
-            "type": "message",
-            "role": "assistant",
-            "model": body.get("model", DEFAULT_MODEL),
-            "content": [] if empty else [{"type": "text", "text": text}],
-            "stop_reason": "end_turn",
-            "usage": {"input_tokens": input_tokens, "output_tokens": max(1, len(text) // 4)},
-        }
+        A non-streamed request meets the stream modes' faults as a real server would show
+        them to it: a stall is a request that does not answer (or answers ``delay_ms``
+        late), a cut one whose connection drops (as ``drop``), an error during generation
+        an error status (vLLM's 500 ``InternalServerError``, ``_convert_generation_error_
+        to_response``; Anthropic's 529 ``overloaded_error``), and ``length_stop`` a short
+        answer that ends with ``length`` / ``max_tokens``.
+        """
+        if body.get("stream") is not True:
+            if mode == "stall_first_token":
+                if config.delay_ms <= 0:
+                    await asyncio.get_running_loop().create_future()
+                await asyncio.sleep(config.delay_ms / 1000)
+            elif mode == "error_event":
+                status = 500 if route == "openai" else 529
+                return self._json(_stream_error_payload(route, config), status=status)
+        answer = self._compose(route, body, mode, config)
+        if body.get("stream") is True:
+            return await self._stream(request, route, body, answer, mode, config)
+        empty = mode == "empty"
+        payload = (
+            _openai_body(answer, empty) if route == "openai" else _anthropic_body(answer, empty)
+        )
+        data = _json_bytes(payload)
+        if mode in ("drop", "cut"):
+            return await self._drop(request, 200, data)
+        return web.Response(body=data, content_type="application/json", headers=self._headers)
+
+    def _compose(
+        self, route: str, body: Mapping[str, Any], mode: str, config: ModeConfig
+    ) -> Answer:
+        """The answer to a request: the echo, or the ``tool_calls`` setting's calls when the
+        request offers tools (a model calls no tool it was not offered); named after
+        ``answer_model`` if set; cut to ``after_chunks`` pieces by ``length_stop``."""
+        state = self.state
+        settings = state.settings
+        name = state.name
+        number = state.requests[route]
+        blocks: tuple[Block, ...]
+        if settings.tool_calls and _offers_tools(body):
+            blocks = tuple(
+                Block(
+                    _argument_pieces(call["arguments"]),
+                    call["id"]
+                    or (
+                        f"chatcmpl-tool-{name}-{number}-{index}"
+                        if route == "openai"
+                        else f"toolu_{name}_{number}_{index}"
+                    ),
+                    call["name"],
+                )
+                for index, call in enumerate(settings.tool_calls)
+            )
+            finish = "tool_calls"
+        else:
+            blocks = (Block(_pieces(f"[{name}] echo: {_subject(route, body)}")),)
+            finish = "stop"
+        if mode == "empty":
+            blocks = ()
+        elif mode == "length_stop":
+            blocks = _truncated(blocks, config.after_chunks)
+            finish = "length"
+        return Answer(
+            id=f"chatcmpl-{name}" if route == "openai" else f"msg_{name}",
+            model=settings.answer_model or _model_of(body),
+            blocks=blocks,
+            finish=finish,
+            prompt_tokens=_conversation(body)[1],
+            created=int(time.time()),
+        )
+
+    async def _stream(
+        self,
+        request: web.Request,
+        route: str,
+        body: Mapping[str, Any],
+        answer: Answer,
+        mode: str,
+        config: ModeConfig,
+    ) -> web.StreamResponse:
+        """Send ``answer`` as server-sent events, with the mode's fault (module docstring,
+        "Streaming"); ``stream_chunk_ms`` apart once the first token is out."""
+        settings = self.state.settings
+        if route == "openai":
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            frames = _openai_frames(answer, settings.stream_style, include_usage)
+        else:
+            frames = _anthropic_frames(answer, settings.stream_style)
+        if mode == "drop":
+            data = b"".join(frame for _, frame in frames)
+            return await self._drop(request, 200, data, SSE_CONTENT_TYPE)
+        response = web.StreamResponse(
+            status=200,
+            headers={
+                **self._headers,
+                "Content-Type": SSE_CONTENT_TYPE,
+                "Cache-Control": "no-cache",
+            },
+        )
+        await response.prepare(request)  # the headers go out now: the client sees a 200
+        if mode == "stall_first_token":
+            if config.delay_ms <= 0:
+                await asyncio.get_running_loop().create_future()
+            await asyncio.sleep(config.delay_ms / 1000)
+        pause = settings.stream_chunk_ms / 1000
+        interrupted = mode in ("cut", "error_event")
+        tokens = 0
+        try:
+            for kind, frame in frames:
+                if interrupted and (
+                    kind == "end" or (kind == "token" and tokens >= config.after_chunks)
+                ):
+                    break
+                if tokens and pause > 0:
+                    await asyncio.sleep(pause)
+                tokens += kind == "token"
+                await response.write(frame)
+            else:
+                await response.write_eof()
+                return response
+            if mode == "cut":  # no terminator, not even the last empty chunk
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            await response.write(_stream_error_frame(route, config))
+            await response.write_eof()
+        except ConnectionResetError:
+            self.state.cancelled[route] += 1
+        return response
 
     async def _submit_job(
         self, request: web.Request, body: Mapping[str, Any], empty: bool
@@ -1096,10 +1939,16 @@ class FakeServer:
             }
         return self._json(payload, status=404)
 
-    async def _drop(self, request: web.Request, status: int, data: bytes) -> web.StreamResponse:
+    async def _drop(
+        self,
+        request: web.Request,
+        status: int,
+        data: bytes,
+        content_type: str = "application/json",
+    ) -> web.StreamResponse:
         """Promise the whole body in Content-Length, send half, close the socket."""
         response = web.StreamResponse(status=status, headers=self._headers)
-        response.content_type = "application/json"
+        response.content_type = content_type
         response.content_length = len(data)
         await response.prepare(request)
         await response.write(data[: len(data) // 2])
@@ -1203,6 +2052,7 @@ class FakeBackend:
         retry_after: float | None = None,
         fail_next: int | None = None,
         echo_headers: bool | None = None,
+        after_chunks: int | None = None,
     ) -> None:
         """Set the failure mode of ``route`` (or of every route); see the module docstring."""
         payload = control_payload(
@@ -1214,6 +2064,7 @@ class FakeBackend:
             retry_after=retry_after,
             fail_next=fail_next,
             echo_headers=echo_headers,
+            after_chunks=after_chunks,
         )
         if not payload:
             payload = {"mode": "healthy"}
@@ -1223,7 +2074,8 @@ class FakeBackend:
 
     def configure(self, **settings: Any) -> None:
         """Change settings: job_delay_ms, job_status, job_error, models, served_model,
-        api_key, max_concurrency, service_ms, kv_cache_usage, cache_metric, metrics."""
+        api_key, max_concurrency, service_ms, kv_cache_usage, cache_metric, metrics,
+        stream_chunk_ms, stream_style, tool_calls, answer_model."""
         unknown = set(settings) - SETTING_KEYS
         if unknown:
             raise ControlError(f"unknown settings: {sorted(unknown)}")
