@@ -12,6 +12,8 @@ We test these aspects:
 * rate-limited replies that name a delay (a header or Gemini's ``retryDelay``) carry
   that delay, to the millisecond;
 * the message shown in status is the provider's own words, short, on one line;
+* a streamed entry (``endpoint: chat-stream``) is read by a client called with
+  ``stream: true``, its chunk framed as the server sends it;
 * a summary per class, so a regression in one class is visible at a glance.
 """
 
@@ -58,6 +60,7 @@ async def clients() -> AsyncIterator[ProviderClients]:
 
 
 def provider_for(reply: Reply, backend: FakeBackend) -> ProviderSpec:
+    """The provider a reply came from; a streamed reply's is called with stream=true."""
     protocol = "anthropic" if reply.provider == "anthropic" else "openai"
     endpoint = backend.url if protocol == "anthropic" else backend.url + "/v1"
     return ProviderSpec.model_validate(
@@ -67,8 +70,28 @@ def provider_for(reply: Reply, backend: FakeBackend) -> ProviderSpec:
             "endpoint": endpoint,
             "model": "corpus-model",
             "timeoutSeconds": 5,
+            "stream": reply.endpoint == "chat-stream",
         }
     )
+
+
+def body_of(reply: Reply) -> str:
+    """The body served. A streamed entry records the server's chunk(s) alone; served as
+    the server frames them - each event ended by a blank line, then ``data: [DONE]`` -
+    so the client judges the chunk's meaning, not a stream cut after it (which would be
+    incomplete whatever the chunk said)."""
+    if reply.endpoint != "chat-stream":
+        return reply.body
+    body = reply.body.rstrip("\n") + "\n\n"
+    return body if "data: [DONE]" in body else body + "data: [DONE]\n\n"
+
+
+def max_tokens_for(reply: Reply) -> int:
+    """The request's max_tokens; a recorded "no limit" (-1, llama.cpp) is chainop's default,
+    since chainop always sends a limit."""
+    if reply.request_max_tokens is None or reply.request_max_tokens < 1:
+        return 256
+    return reply.request_max_tokens
 
 
 def route_for(reply: Reply) -> str:
@@ -86,7 +109,7 @@ async def replay(
     headers = dict(reply.headers)
     headers.setdefault("content-type", reply.content_type)
     backend.set_mode(
-        "reply", route=route_for(reply), status=reply.status, headers=headers, body=reply.body
+        "reply", route=route_for(reply), status=reply.status, headers=headers, body=body_of(reply)
     )
     provider = provider_for(reply, backend)
     try:
@@ -95,7 +118,7 @@ async def replay(
             result = await clients.probe(provider, kind=kind, api_key=None, timeout=5.0)
             return "loading" if result.loading else "ok"
         request = RequestSpec(
-            messages=[Message(content="replayed")], max_tokens=reply.request_max_tokens or 256
+            messages=[Message(content="replayed")], max_tokens=max_tokens_for(reply)
         )
         await clients(provider, request, CallContext(timeout=5.0))
     except errors.ProviderError as error:
@@ -107,8 +130,6 @@ async def replay(
 async def test_real_reply_is_classified_by_its_meaning(
     reply: Reply, backend: FakeBackend, clients: ProviderClients
 ) -> None:
-    if reply.endpoint == "chat-stream":
-        pytest.skip("a streamed reply: chainop does not call providers with stream=true yet")
     outcome = await replay(reply, backend, clients)
     if reply.expect_class == "loading":
         assert outcome == "loading", f"{reply.id}: expected loading, got {outcome!r}"
@@ -133,8 +154,6 @@ async def test_every_class_is_recognised_at_least_once(
     right: Counter[str] = Counter()
     total: Counter[str] = Counter()
     for reply in REPLIES:
-        if reply.endpoint == "chat-stream":
-            continue
         total[reply.expect_class] += 1
         outcome = await replay(reply, backend, clients)
         if reply.expect_class == "loading":

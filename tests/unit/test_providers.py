@@ -696,7 +696,7 @@ def test_openai_parser_answers_or_reports_incomplete(data: dict[str, Any]) -> No
         completion = openai_protocol.parse_reply(data)
     except errors.IncompleteReplyError:
         return
-    assert completion.text
+    assert completion.text or completion.tool_calls
 
 
 @relaxed
@@ -706,7 +706,7 @@ def test_anthropic_parser_answers_or_reports_incomplete(data: dict[str, Any]) ->
         completion = anthropic_protocol.parse_reply(data)
     except errors.IncompleteReplyError:
         return
-    assert completion.text
+    assert completion.text or completion.tool_calls
 
 
 @relaxed
