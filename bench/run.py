@@ -1,13 +1,15 @@
 """Orchestrate the benchmarks: backends up, one worker process per measurement, report.
 
-``python -m bench [overhead|failover|profile|health|node|local-first|client|all ...]
-[--quick]`` (``client`` = overhead + failover + profile; ``all`` = those + health + node +
-local-first;
+``python -m bench [overhead|failover|profile|health|node|local-first|streaming|client|all
+...] [--quick]`` (``client`` = overhead + failover + profile; ``all`` = those + health +
+node + local-first + streaming;
 ``health`` = bench.health, issue 11's failure kinds on the control plane; ``node`` =
 bench.node, issue 13 on the real node, skipped with the reason when none is up
 (``CHAINOP_NODE_CLUSTER_DIR`` picks its cluster); ``operator`` = bench.operator;
 ``local-first`` = bench.local_first, issue 14's spillover and hedging side by side with
-LiteLLM; ``render`` rewrites docs/benchmarks.md from bench/results/latest.json). Several
+LiteLLM; ``streaming`` = bench.streaming, issue 15's streamed calls: executor overhead
+streamed and not, and the time to abandon a provider stalled before its first token;
+``render`` rewrites docs/benchmarks.md from bench/results/latest.json). Several
 parts may be named in one run, e.g. ``python -m bench health node``.
 """
 
@@ -236,11 +238,23 @@ def local_first_part(args: argparse.Namespace) -> dict[str, Any]:
     return local_first.run(args)
 
 
+def streaming_part(args: argparse.Namespace) -> dict[str, Any]:
+    """Issue 15: streamed calls through the executor (bench/streaming.py)."""
+    from bench import streaming
+
+    return streaming.run(args)
+
+
 def render_all(data: dict[str, Any], *, command: str) -> str:
-    """docs/benchmarks.md: report.render's sections, then issue 14's when measured."""
+    """docs/benchmarks.md: report.render's sections, then issue 14's and issue 15's when
+    measured."""
+    from bench import streaming
+
     markdown = report.render(data, command=command)
     if "local_first" in data:
         markdown += "\n" + local_first_report.render(data["local_first"])
+    if "streaming" in data:
+        markdown += "\n" + streaming.render(data["streaming"])
     return markdown
 
 
@@ -253,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         default=["all"],
         choices=[
             *("all", "client", "overhead", "failover", "profile"),
-            *("health", "node", "local-first", "operator", "render"),
+            *("health", "node", "local-first", "streaming", "operator", "render"),
         ],
     )
     parser.add_argument("--rounds", type=int, default=3, help="overhead rounds (best is kept)")
@@ -266,12 +280,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="1 round, 5 s failover windows")
     parser.add_argument("--no-write", action="store_true", help="do not rewrite the docs")
     from bench import health as health_bench
-    from bench import local_first
+    from bench import local_first, streaming
     from bench import node as node_bench
 
     health_bench.add_arguments(parser)
     node_bench.add_arguments(parser)
     local_first.add_arguments(parser)
+    streaming.add_arguments(parser)
     parser.add_argument("--heal-tick", type=float, default=0.25, help="chainop --tick (health)")
     args, rest = parser.parse_known_args(argv)
     wanted = set(args.what)
@@ -317,6 +332,7 @@ def main(argv: list[str] | None = None) -> None:
         args.node_kills = 1
         args.node_scale_seconds = 30.0
         args.lf_rounds = 1
+        args.st_slices = 4
     started = time.monotonic()
     data: dict[str, Any] = {"args": vars(args), "machine": report.machine()}
     previous = report.load_results()
@@ -337,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
         ("health", "health", health_part),
         ("node", "node", node_part),
         ("local_first", "local-first", local_first_part),
+        ("streaming", "streaming", streaming_part),
     )
     for name, cli_name, part in parts:
         if wanted & {"all", cli_name}:
@@ -368,10 +385,10 @@ def main(argv: list[str] | None = None) -> None:
     if wanted & {"all", "client", "overhead", "failover", "profile"} or not previous:
         merged = {**previous, **data}
         merged["command"] = command
-    else:  # only health/node/local-first: the header stays the client run's
+    else:  # only health/node/local-first/streaming: the header stays the client run's
         merged = {
             **previous,
-            **{k: data[k] for k in ("health", "node", "local_first") if k in data},
+            **{k: data[k] for k in ("health", "node", "local_first", "streaming") if k in data},
         }
         command = str(previous.get("command", command))
     markdown = render_all(merged, command=command)
