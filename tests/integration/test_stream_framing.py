@@ -68,7 +68,7 @@ class Raw:
 
     @property
     def media_type(self) -> str:
-        return self.headers.get("content-type", "").split(";")[0].strip()
+        return str(self.headers.get("content-type", "")).split(";")[0].strip()
 
     def events(self) -> list[list[tuple[str, str]]]:
         """Each event as its ``(field, value)`` lines; the body must end with a blank line."""

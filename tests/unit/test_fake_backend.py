@@ -1287,6 +1287,19 @@ BROKEN_TOOL_TRAFFIC = [
         "openai",
         [{"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": "c9", "content": "1"}],
     ),
+    # a call left unanswered before the conversation goes on
+    (
+        "openai",
+        [
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ],
+            },
+            {"role": "user", "content": "and?"},
+        ],
+    ),
     # arguments as an object: OpenAI sends them as a string
     (
         "openai",

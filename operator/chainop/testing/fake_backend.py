@@ -134,15 +134,15 @@ Anthropic ``content: [{type: "tool_use", id, name, input}]``, ``stop_reason:
 (N the route's request count, I the call's index) unless given. Requests may carry tool
 calls and results: OpenAI assistant ``tool_calls`` and ``role: tool`` messages with
 ``tool_call_id``; Anthropic ``tool_use`` blocks and ``tool_result`` blocks. They are
-checked as the real APIs check them -- a ``role: tool`` message must answer an earlier
-``tool_calls`` id (OpenAI); no ``tool`` role, and every ``tool_use`` paired with a
-``tool_result`` in the next message and back (Anthropic); ``tools`` entries must be the
-API's own shape -- and a request that breaks them gets a 400 with the server's envelope
-before the queue. ``GET /_stats`` ``last_request[route]["tools"]`` holds what arrived, in
-one shape for both protocols: ``{"offered": [name], "calls": [{id, name, arguments (JSON
-text)}], "results": [{id, content}]}``; and when the conversation ends with tool
-results, the echo names them instead of the last user text: ``[NAME] echo: tool_result
-ID: CONTENT``.
+checked as the real APIs check them -- the calls of an assistant message are answered by
+the ``role: tool`` messages right after it, each id once (OpenAI); no ``tool`` role, and
+every ``tool_use`` paired with a ``tool_result`` in the next message and back
+(Anthropic); ``tools`` entries must be the API's own shape -- and a request that breaks
+them gets a 400 with the server's envelope before the queue. ``GET /_stats``
+``last_request[route]["tools"]`` holds what arrived, in one shape for both protocols:
+``{"offered": [name], "calls": [{id, name, arguments (JSON text)}], "results": [{id,
+content}]}``; and when the conversation ends with tool results, the echo names them
+instead of the last user text: ``[NAME] echo: tool_result ID: CONTENT``.
 
 ``answer_model: "other"``: replies (whole and streamed) name this model in ``model``
 instead of the requested one -- a server redeployed with another model, or a gateway
@@ -1013,10 +1013,17 @@ def _tool_traffic(route: str, body: Mapping[str, Any]) -> tuple[dict[str, Any], 
 def _openai_tool_messages(
     messages: list[dict[str, Any]], calls: list[dict[str, Any]], results: list[dict[str, Any]]
 ) -> str | None:
-    known: set[str] = set()
+    pending: list[str] = []  # calls of the last assistant message not answered yet
     for index, message in enumerate(messages):
         role = message.get("role")
         tool_calls = message.get("tool_calls")
+        if role != "tool" and pending:
+            # OpenAI's own words for it.
+            return (
+                "An assistant message with 'tool_calls' must be followed by tool messages "
+                "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+                f"response messages: {', '.join(pending)} (messages.{index})"
+            )
         if role == "assistant" and tool_calls is not None:
             if not isinstance(tool_calls, list):
                 return f"messages.{index}.tool_calls must be a list"
@@ -1034,19 +1041,20 @@ def _openai_tool_messages(
                         f"messages.{index}.tool_calls: every call needs an id, type "
                         f"'function' and function {{name, arguments (a string)}}: {call!r}"
                     )
-                known.add(call["id"])
+                pending.append(call["id"])
                 calls.append(
                     {"id": call["id"], "name": function["name"], "arguments": function["arguments"]}
                 )
         elif role == "tool":
             call_id = message.get("tool_call_id")
-            if not isinstance(call_id, str) or call_id not in known:
+            if not isinstance(call_id, str) or call_id not in pending:
                 # OpenAI's own words for it.
                 return (
                     "Invalid parameter: messages with role 'tool' must be a response to a "
                     f"preceeding message with 'tool_calls' (messages.{index}, tool_call_id "
                     f"{call_id!r})."
                 )
+            pending.remove(call_id)
             results.append({"id": call_id, "content": _text_of(message.get("content"))})
     return None
 
