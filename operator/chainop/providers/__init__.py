@@ -3,8 +3,11 @@
 The only I/O of provider traffic lives here; ``chainop.core`` sees it through the
 ``ProviderCall`` protocol alone. Layout, in the manner of httpx's transports:
 
-* ``http``      - the one shared ``httpx.AsyncClient`` and ``Wire.request``: bounded
-                  time, bounded memory, typed failures
+* ``http``      - the one shared ``httpx.AsyncClient``, ``Wire.request`` and
+                  ``Wire.stream`` (SSE): bounded time, bounded memory, typed failures,
+                  the first-token deadline of streamed calls
+* ``stream``    - what streamed calls share: the assembler protocol, tool-call
+                  building, error events and cut streams
 * ``errors``    - wire failures and HTTP statuses -> ``chainop.core.errors`` classes
 * ``base``      - the ``Adapter`` protocol one wire protocol implements
 * ``openai``, ``anthropic``, ``jobs`` - the adapters

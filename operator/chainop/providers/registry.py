@@ -76,7 +76,10 @@ class ProviderClients:
 
         Returns a whole answer or raises a ``chainop.core.errors.ProviderError``; the
         request budget is ``min(provider.timeoutSeconds, context.timeout)``, and for jobs
-        the whole wait is bounded by ``context.timeout``.
+        the whole wait is bounded by ``context.timeout``. Providers that stream
+        (``provider.streams()``) also give up after ``firstTokenTimeoutSeconds`` without
+        a token (``FirstTokenTimeoutError``), and a stream cut short raises
+        ``IncompleteReplyError`` carrying the text that arrived.
         """
         return await self.adapter(provider).complete(self.wire, provider, request, context)
 
