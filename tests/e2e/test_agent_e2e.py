@@ -188,3 +188,139 @@ def test_tool_loop_warn_goes_on_with_a_condition_and_an_event(kit: Kit, operator
         )
         == 1
     )
+
+
+# --------------------------------------------------------------------------- tool calls
+
+
+def provider_of(kit: Kit, name: str, url: str, protocol: str, stream: bool) -> dict[str, Any]:
+    """A provider entry of either protocol, streamed or not."""
+    entry = kit.provider(name, url, stream=stream, capabilities={"tools": True})
+    if protocol == "anthropic":
+        entry.update(type="anthropic", endpoint=url)
+    return entry
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+def test_tool_call_answers_land_in_result_tool_calls(
+    kit: Kit, operator, backends, protocol, stream
+):
+    agent = backends("agent")
+    agent.configure(
+        tool_calls=[
+            {"name": "read_file", "arguments": {"path": "tests/test_parse.py"}},
+            {"id": "call_grep", "name": "grep", "arguments": '{"pattern": "def test_empty"}'},
+        ]
+    )
+    kit.create_chain(
+        "default",
+        [provider_of(kit, "agent", agent.url, protocol, stream)],
+        health=HEALTH,
+        taskDefaults={"allowDelegation": True},
+    )
+    kit.chain_ready("default")
+    earlier = [tool_call("call_1", "run_tests", {"target": "tests/test_parse.py"})]
+    request = agent_request(earlier)
+    request["messages"].pop()  # the conversation ends with the tool's result
+    kit.create_task("agent-turn", request=request)
+    status = kit.wait_task("agent-turn")
+
+    assert status["phase"] == "Succeeded", status.get("conditions")
+    result = status["result"]
+    calls = result["toolCalls"]
+    assert [(c["name"], json.loads(c["arguments"])) for c in calls] == [
+        ("read_file", {"path": "tests/test_parse.py"}),
+        ("grep", {"pattern": "def test_empty"}),
+    ]
+    assert calls[1]["id"] == "call_grep"
+    assert calls[0]["id"]  # the server's id, kept for the tool result that answers it
+    assert not result["text"].startswith("[agent]")  # no echo: the answer is the calls
+    assert (result.get("firstTokenMs") is not None) is stream
+
+    # What reached the server, in its protocol's shape (the fake checks it as the API
+    # does: a result must answer an earlier call, else 400): the offered tools, the
+    # conversation's call and its result.
+    route = "openai" if protocol == "openai" else "anthropic"
+    seen = agent.stats()["last_request"][route]
+    assert seen["json"].get("stream", False) is stream
+    tools = seen["tools"]
+    assert tools["offered"] == ["read_file"]
+    assert [(c["id"], c["name"], json.loads(c["arguments"])) for c in tools["calls"]] == [
+        ("call_1", "run_tests", {"target": "tests/test_parse.py"})
+    ]
+    assert tools["results"] == [{"id": "call_1", "content": "no such file"}]
+
+
+# --------------------------------------------------------------------------- model drift
+
+
+def test_model_drift_is_said_once_per_change_and_can_fail_over(kit: Kit, operator, backends):
+    drifting, other, steady = backends("drifting"), backends("other"), backends("steady")
+    drifting.configure(answer_model="llama-3.1-8b-instruct")  # redeployed with another model
+    other.configure(answer_model="llama-3.1-8b-instruct")
+    kit.create_chain(
+        "default",
+        [kit.provider("drifting", drifting.url, stream=True)],
+        health=HEALTH,
+        taskDefaults={"allowDelegation": True},
+    )
+    kit.create_chain(
+        "strict",
+        [kit.provider("other", other.url), kit.provider("steady", steady.url)],
+        health=HEALTH,
+        guards={"requireConfiguredModel": True},
+        taskDefaults={"allowDelegation": True},
+    )
+    kit.chain_ready("default")
+    kit.chain_ready("strict")
+
+    # Without requireConfiguredModel the answer is kept and the drift said.
+    for name in ("drift-1", "drift-2"):
+        kit.create_task(name)
+        status = kit.wait_task(name)
+        assert status["phase"] == "Succeeded", status.get("conditions")
+        assert outcomes(status) == [("drifting", "Succeeded")]
+        assert status["attempts"][0]["servedModel"] == "llama-3.1-8b-instruct"
+        assert status["result"]["text"].startswith("[drifting]")
+    kit.wait_until(lambda: "ModelDrift" in kit.event_reasons("default"), what="a ModelDrift Event")
+    drift = [
+        e
+        for e in kit.events()
+        if e["reason"] == "ModelDrift" and e["involvedObject"]["name"] == "default"
+    ]
+    assert len(drift) == 1
+    assert drift[0]["type"] == "Warning"
+    assert "llama-3.1-8b-instruct" in drift[0]["message"]
+    assert drift[0]["count"] == 1  # once per change, not once per reply
+    labels = {"namespace": kit.namespace, "provider": "drifting"}
+    assert operator_metric(operator.metrics_port, "chainop_model_drift_total", **labels) == 1
+
+    # The server answers as the configured model again: no servedModel, said once more.
+    drifting.configure(answer_model=None)
+    kit.create_task("back")
+    status = kit.wait_task("back")
+    assert status["phase"] == "Succeeded", status.get("conditions")
+    assert not status["attempts"][0].get("servedModel")
+    kit.wait_until(
+        lambda: any(
+            e["reason"] == "ModelDrift" and e["type"] == "Normal"
+            for e in kit.events()
+            if e["involvedObject"]["name"] == "default"
+        ),
+        what="a Normal ModelDrift Event (the configured model again)",
+    )
+    assert operator_metric(operator.metrics_port, "chainop_model_drift_total", **labels) == 1
+
+    # With requireConfiguredModel such a reply is no answer: the next provider answers.
+    kit.create_task("strict-task", chain="strict")
+    status = kit.wait_task("strict-task")
+    assert status["phase"] == "Succeeded", status.get("conditions")
+    assert outcomes(status) == [("other", "TransientError"), ("steady", "Succeeded")]
+    assert "llama-3.1-8b-instruct" in status["attempts"][0]["error"]
+    assert "requireConfiguredModel" in status["attempts"][0]["error"]
+    assert status["result"]["text"].startswith("[steady]")
+    assert other.stats()["requests"]["openai"] == 1
+    kit.wait_until(
+        lambda: "ModelDrift" in kit.event_reasons("strict"), what="a ModelDrift Event on strict"
+    )
