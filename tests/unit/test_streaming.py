@@ -282,6 +282,21 @@ async def test_no_first_token_in_time_abandons_the_call_and_closes_the_socket(
     await wait_for(lambda: backend.stats["cancelled"].get(protocol, 0) == 1)
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_cancelled_stream_closes_its_connection(
+    clients: ProviderClients, backend: FakeBackend, protocol: str
+) -> None:
+    """What a hedge relies on: the losing call, cancelled mid-stream, frees the server."""
+    backend.configure(stream_chunk_ms=60_000)  # the first token, then nothing
+    task = asyncio.create_task(call(clients, provider_at(backend.url, protocol), timeout=GUARD))
+    await wait_for(lambda: backend.stats["requests"].get(protocol, 0) == 1)
+    await asyncio.sleep(0.05)  # let the first token arrive; the test holds either way
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await wait_for(lambda: backend.stats["cancelled"].get(protocol, 0) == 1)
+
+
 async def test_keep_alives_and_empty_deltas_are_not_a_first_token(
     clients: ProviderClients, tiny: Callable[[Handler], Awaitable[str]]
 ) -> None:
