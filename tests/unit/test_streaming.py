@@ -892,6 +892,18 @@ def test_a_length_stop_short_of_max_tokens_is_cut_with_its_text() -> None:
     assert caught.value.partial_text == "half"
 
 
+def test_finish_reason_error_is_never_an_answer() -> None:
+    openai = openai_protocol.ChunkAssembler(model="m1", max_tokens=64)
+    events = openai_events(["upstream broke"])
+    events[-2] = ServerSentEvent(data=json.dumps(_chunk({}, "error")))
+    with pytest.raises(errors.IncompleteReplyError) as caught:
+        assemble(openai, events)
+    assert caught.value.partial_text == "upstream broke"
+    whole = {"choices": [{"message": {"content": "upstream broke"}, "finish_reason": "error"}]}
+    with pytest.raises(errors.IncompleteReplyError):
+        openai_protocol.parse_reply(whole)
+
+
 def test_a_streamed_refusal_is_a_content_policy_error() -> None:
     openai = openai_protocol.ChunkAssembler(model="m1", max_tokens=64)
     events = [

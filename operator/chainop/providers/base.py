@@ -87,8 +87,12 @@ def check_finished(
     * ``finish_reason: length`` with fewer output tokens than the caller's ``max_tokens``
       means the *context* ran out, not the caller's budget: an incomplete answer, redone
       whole on the next provider (a bigger context may hold it). Without usage (0
-      tokens) the two cannot be told apart and the caller's limit is assumed.
+      tokens) the two cannot be told apart and the caller's limit is assumed;
+    * ``finish_reason: error`` (OpenRouter and some gateways end a stream broken upstream
+      so) is an incomplete answer, never a success.
     """
+    if finish_reason == "error":
+        raise errors.incomplete("the provider ended the answer with finish_reason error")
     if finish_reason in POLICY_FINISH_REASONS or refusal:
         detail = f": {refusal[:200]}" if refusal else ""
         raise core_errors.ContentPolicyError(
