@@ -18,6 +18,22 @@ behind a real Deployment. Skipped, with the reason, when the binary is not cache
   request decoding, the others deferred: ``llamacpp:requests_deferred``), and tasks that
   arrive while it is saturated skip it (``saturated: ...``) for the fake Standard
   provider behind it; some answered by llama, some spilled, no penalty to its health.
+
+Streamed calls (issue 15), against a server started directly (no Deployment: nothing is
+restarted, the freezes are the test's own):
+
+* a streamed answer (``stream: true``, SSE ``chat.completion.chunk`` as llama-server
+  frames it) is assembled whole: the same text, word for word, as the server's
+  non-streamed answer to the same request (greedy sampling), real token counts from its
+  usage chunk, and ``firstTokenMs`` recorded in the attempt and the result;
+* the server frozen with SIGSTOP before its first token (the socket still accepts,
+  nothing answers) is abandoned within ``firstTokenTimeoutSeconds`` + 1 s -- the
+  attempt's own ``latencyMs`` -- and the task is answered by the next provider; thawed,
+  it streams again;
+* frozen mid-stream (after its ``/slots`` shows tokens decoded), the stalled stream is
+  abandoned within ``timeoutSeconds`` + 1 s as a cut stream, never an answer: redone
+  whole on the next provider (``onCutStream: Redo``), or continued there from the real
+  server's partial text (``Continue``: ``stitched``, ``parts``).
 """
 
 from __future__ import annotations
@@ -246,3 +262,187 @@ def test_burst_keeps_its_one_slot_busy_and_spills_by_its_real_metrics(
         f"\nburst of {len(names)} on a one-slot llama-server: {len(by_llama)} answered by it, "
         f"{len(spilled)} spilled to the cloud; the saturating reading: {reading}"
     )
+
+
+# --------------------------------------------------------------------------- streaming
+
+#: Streamed calls: one attempt per provider, no probes (the freezes are the test's own).
+STREAM_HEALTH = {"transientRetries": 0, "probe": {"mode": "Passive"}}
+
+
+@pytest.fixture
+def llama_server(tmp_path: Path) -> Iterator[llama.LlamaServer]:
+    """llama-server run directly, its model loaded; stopped (thawed first) afterwards."""
+    with llama.LlamaServer(log_path=tmp_path / "llama-server.log") as server:
+        server.wait_ready(timeout=60)
+        yield server
+
+
+def streamed_llama(server: llama.LlamaServer, **extra: Any) -> dict[str, Any]:
+    """The llama provider entry (Sovereign, ``stream: true``)."""
+    return {
+        "name": "llama",
+        "type": "openai",
+        "endpoint": server.url,
+        "model": llama.DEFAULT_ALIAS,
+        "privacyTier": "Sovereign",
+        "stream": True,
+        "timeoutSeconds": 30,
+        **extra,
+    }
+
+
+def decoded(server: llama.LlamaServer) -> int:
+    """Tokens the server's only slot has decoded for the request in flight (``/slots``)."""
+    reply = server.request("GET", "/slots", timeout=5)
+    if reply.status != 200:
+        return 0
+    slot = reply.json()[0]
+    if not slot.get("is_processing"):
+        return 0
+    return int((slot.get("next_token") or [{}])[0].get("n_decoded", 0))
+
+
+def test_streamed_answer_is_assembled_whole_with_its_first_token(
+    kit: Kit, operator, backends, llama_server
+):
+    cloud = backends("cloud")
+    kit.create_chain(
+        "default",
+        [streamed_llama(llama_server), kit.provider("cloud", cloud.url)],
+        health=STREAM_HEALTH,
+        taskDefaults={"allowDelegation": True},
+    )
+    # The same server without streaming, for the text to compare with.
+    kit.create_chain(
+        "whole",
+        [{**streamed_llama(llama_server), "stream": False}],
+        health=STREAM_HEALTH,
+    )
+    kit.chain_ready("default")
+    kit.chain_ready("whole")
+    kit.create_task("streamed", request=BUSY_REQUEST, timeoutSeconds=90)
+    streamed = kit.wait_task("streamed", timeout=120)
+    kit.create_task("whole", chain="whole", request=BUSY_REQUEST, timeoutSeconds=90)
+    whole = kit.wait_task("whole", timeout=120)
+
+    assert streamed["phase"] == "Succeeded", streamed.get("conditions")
+    assert outcomes(streamed) == [("llama", "Succeeded")]
+    assert whole["phase"] == "Succeeded", whole.get("conditions")
+    result = streamed["result"]
+    # Assembled whole: every delta joined, exactly the text the server answers at once.
+    assert result["text"] == whole["result"]["text"]
+    assert len(result["text"]) > 100
+    assert not result["text"].startswith("[")  # generated, not a fake's echo
+    # Real counts from the server's usage chunk (stream_options.include_usage).
+    assert result["outputTokens"] == whole["result"]["outputTokens"] > 0
+    assert result["inputTokens"] == whole["result"]["inputTokens"] > 0
+    attempt = streamed["attempts"][0]
+    assert attempt["firstTokenMs"] is not None
+    assert 0 < attempt["firstTokenMs"] < attempt["latencyMs"]
+    assert result["firstTokenMs"] == attempt["firstTokenMs"]
+    assert whole["attempts"][0].get("firstTokenMs") is None  # only a stream has one
+    assert cloud.stats()["requests"].get("openai", 0) == 0
+    print(
+        f"\nllama-server streamed {result['outputTokens']} tokens: first token "
+        f"{attempt['firstTokenMs']} ms, whole answer {attempt['latencyMs']} ms"
+    )
+
+
+def test_server_frozen_before_its_first_token_is_abandoned_within_the_bound(
+    kit: Kit, operator, backends, llama_server
+):
+    cloud = backends("cloud")
+    kit.create_chain(
+        "default",
+        [
+            streamed_llama(llama_server, firstTokenTimeoutSeconds=2),
+            kit.provider("cloud", cloud.url),
+        ],
+        health=STREAM_HEALTH,
+        taskDefaults={"allowDelegation": True},
+    )
+    kit.chain_ready("default")
+    llama_server.freeze()  # a hung engine: the socket accepts, nothing answers
+    try:
+        kit.create_task("frozen", request=SHORT_REQUEST, timeoutSeconds=60)
+        status = kit.wait_task("frozen", timeout=60)
+    finally:
+        llama_server.thaw()
+    assert status["phase"] == "Succeeded", status.get("conditions")
+    assert outcomes(status) == [("llama", "TransientError"), ("cloud", "Succeeded")]
+    first = status["attempts"][0]
+    assert "no first token within 2s" in first["error"]
+    # The operator's own record: within firstTokenTimeoutSeconds + 1 s, not timeoutSeconds.
+    assert 2000 <= first["latencyMs"] <= 3000
+    assert status["result"]["text"].startswith("[cloud]")
+    assert cloud.stats()["requests"]["openai"] == 1
+    kit.wait_until(
+        lambda: kit.provider_status("default", "llama").get("consecutiveFailures") == 1,
+        what="the stall counted against llama",
+    )
+
+    # Thawed, the real server streams the next task itself.
+    kit.create_task("thawed", request=SHORT_REQUEST, timeoutSeconds=60)
+    status = kit.wait_task("thawed", timeout=90)
+    assert status["phase"] == "Succeeded", status.get("conditions")
+    assert outcomes(status) == [("llama", "Succeeded")]
+    assert status["result"]["firstTokenMs"] is not None
+
+
+@pytest.mark.parametrize("policy", ["Redo", "Continue"])
+def test_server_frozen_mid_stream_is_a_cut_stream_redone_or_continued(
+    kit: Kit, operator, backends, llama_server, policy
+):
+    cloud = backends("cloud")
+    timeout = 6
+    kit.create_chain(
+        "default",
+        [
+            streamed_llama(llama_server, timeoutSeconds=timeout, firstTokenTimeoutSeconds=5),
+            kit.provider("cloud", cloud.url),
+        ],
+        health=STREAM_HEALTH,
+        onCutStream=policy,
+        taskDefaults={"allowDelegation": True},
+    )
+    kit.chain_ready("default")
+    kit.create_task("mid-stream", request=BUSY_REQUEST, timeoutSeconds=90)
+    try:
+        # Freeze it once it has decoded (and so streamed) a few tokens of 160.
+        kit.wait_until(lambda: decoded(llama_server) >= 8, timeout=60, what="tokens decoded")
+        llama_server.freeze()
+        status = kit.wait_task("mid-stream", timeout=60)
+    finally:
+        if llama_server.frozen:
+            llama_server.thaw()
+    assert status["phase"] == "Succeeded", status.get("conditions")
+    assert outcomes(status) == [("llama", "IncompleteReply"), ("cloud", "Succeeded")]
+    first = status["attempts"][0]
+    assert "stalled" in first["error"]
+    # Tokens flowed, so the first-token limit (5 s) no longer applied: the stall was
+    # abandoned at timeoutSeconds, within a second of it.
+    assert timeout * 1000 <= first["latencyMs"] <= (timeout + 1) * 1000
+    result = status["result"]
+    assert result["provider"] == "cloud"
+    if policy == "Redo":
+        assert not result.get("stitched")
+        assert result["text"].startswith("[cloud] echo: Count from 1 to 100")
+        return
+    # Continue: the real server's partial text, then the cloud's continuation of it.
+    assert result["stitched"] is True
+    llama_part, cloud_part = result["parts"]
+    assert llama_part["provider"] == "llama"
+    assert llama_part["complete"] is False
+    assert llama_part["chars"] > 0
+    assert cloud_part == {
+        "provider": "cloud",
+        "chars": len(result["text"]) - llama_part["chars"],
+        "complete": True,
+    }
+    partial = result["text"][: llama_part["chars"]]
+    assert not partial.startswith("[")  # generated by llama-server
+    assert result["text"][llama_part["chars"] :].startswith("[cloud] echo: ")
+    sent = cloud.stats()["last_request"]["openai"]["json"]["messages"]
+    assert sent[1] == {"role": "assistant", "content": partial}
+    print(f"\nllama-server frozen mid-stream after {len(partial)} characters: {partial!r}")
