@@ -834,7 +834,7 @@ class Stream:
         return {
             "text": "".join(b["text"] for b in ordered if b["type"] == "text"),
             "calls": [
-                {"id": b["id"], "name": b["name"], "input": json.loads(b["json"])}
+                {"id": b["id"], "name": b["name"], "input": partial_json(b["json"])}
                 for b in ordered
                 if b["type"] == "tool_use"
             ],
@@ -842,6 +842,14 @@ class Stream:
             "model": model,
             "deltas": deltas,
         }
+
+
+def partial_json(text: str) -> Any:
+    """The JSON a tool call's pieces make, or the text itself when it was cut short."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 async def stream(
@@ -1216,6 +1224,30 @@ async def test_tool_calls_stream_with_arguments_in_pieces(
             ("get_time", {}),
         ]
         assert answer["calls"][1]["id"] == "given-id"
+
+
+@pytest.mark.parametrize("route", ["openai", "anthropic"])
+async def test_length_stop_cuts_a_tool_call_short(
+    http: httpx.AsyncClient, backend: FakeBackend, route: str
+) -> None:
+    backend.configure(tool_calls=[{"name": "get_weather", "arguments": WEATHER}])
+    backend.set_mode("length_stop", after_chunks=1)
+    response = await http.post(backend.url + ROUTES[route], json=tool_request(route))
+    assert response.status_code == 200
+    data = response.json()
+    if route == "openai":
+        assert data["choices"][0]["finish_reason"] == "length"
+        [call] = data["choices"][0]["message"]["tool_calls"]
+        arguments = call["function"]["arguments"]
+        assert json.dumps(WEATHER).startswith(arguments)
+        assert arguments != json.dumps(WEATHER)
+    else:
+        assert data["stop_reason"] == "max_tokens"
+        assert [block["type"] for block in data["content"]] == ["tool_use"]
+    answer = assembled(await stream(http, backend, route, tool_request(route)), route)
+    assert answer["finish" if route == "openai" else "stop"] == (
+        "length" if route == "openai" else "max_tokens"
+    )
 
 
 @pytest.mark.parametrize("route", ["openai", "anthropic"])

@@ -274,8 +274,11 @@ SSE_CONTENT_TYPE: Final = "text/event-stream; charset=utf-8"
 DEFAULT_AFTER_CHUNKS: Final = 2
 #: Characters of a tool call's JSON arguments per streamed chunk.
 ARGUMENT_PIECE_CHARS: Final = 8
-#: vLLM's mid-stream error: ``GenerationError("Internal server error")`` turned into
-#: ``{"error": ErrorInfo}`` by ``_convert_generation_error_to_streaming_response``.
+#: vLLM's mid-stream error: ``GenerationError("Internal server error")`` (raised by
+#: ``_raise_if_error`` for ``finish_reason == "error"``) turned into ``{"error":
+#: ErrorInfo}`` by ``_convert_generation_error_to_streaming_response``
+#: (``vllm/entrypoints/generate/base/serving.py``, ``json.dumps`` of the model dump), and
+#: sent as ``data: ...`` before the usual ``data: [DONE]`` by the chat stream generator.
 VLLM_STREAM_ERROR: Final = {
     "error": {
         "message": "Internal server error",
@@ -1167,12 +1170,11 @@ def _openai_body(answer: Answer, empty: bool) -> dict[str, Any]:
 def _anthropic_content(block: Block) -> dict[str, Any]:
     if block.tool_name is None:
         return {"type": "text", "text": block.text}
-    return {
-        "type": "tool_use",
-        "id": block.tool_id,
-        "name": block.tool_name,
-        "input": json.loads(block.text) if block.text else {},
-    }
+    try:
+        tool_input = json.loads(block.text)
+    except ValueError:  # cut short by length_stop: the arguments were never finished
+        tool_input = {}
+    return {"type": "tool_use", "id": block.tool_id, "name": block.tool_name, "input": tool_input}
 
 
 def _anthropic_body(answer: Answer, empty: bool) -> dict[str, Any]:
