@@ -7,6 +7,8 @@ with both transports, plus the assemblers and request builders on their own:
   finish reason, usage, the model the reply names, and ``first_token_ms``; the request
   says ``stream: true`` (OpenAI with ``include_usage``) and accepts an event stream;
   Sovereign providers stream unless told otherwise, others do not;
+* a streamed call's connection goes back to the pool (the body's end is read after the
+  terminator);
 * no token within ``firstTokenTimeoutSeconds`` raises ``FirstTokenTimeoutError`` and the
   server sees the connection closed; a slow stream after its first token is not cut by
   it; a non-streamed call ignores it;
@@ -216,6 +218,27 @@ async def test_llama_cpp_framing_is_assembled_too(
         assert completion.text == ANSWER
         assert completion.finish_reason == "stop"
         assert completion.first_token_ms is not None
+
+
+async def test_streamed_calls_reuse_their_connection(
+    clients: ProviderClients, tiny: Callable[[Handler], Awaitable[str]]
+) -> None:
+    """Reading stops at [DONE], yet the end of the body is read too: a connection closed
+    before it cannot go back to the pool (a TLS handshake per call to a cloud API)."""
+    peers: list[int] = []
+    frames = [chunk({"content": "hi"}, "stop"), DONE]
+    stream = scripted(frames)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        peers.append(request.transport.get_extra_info("peername")[1])
+        return await stream(request)
+
+    provider = provider_at(await tiny(handler))
+    for _ in range(3):
+        assert (await call(clients, provider)).text == "hi"
+    assert len(peers) == 3
+    assert len(set(peers)) == 1
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -27,6 +27,7 @@ if egress goes through a proxy configured that way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.cookiejar
 import json
 import ssl
@@ -37,7 +38,7 @@ from typing import Any, Literal, get_args
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
-from httpx_sse import EventSource
+from httpx_sse import EventSource, ServerSentEvent
 
 from chainop.core import errors as core_errors
 from chainop.core.calls import Completion
@@ -57,6 +58,8 @@ MAX_CACHED_URLS = 1024
 DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_MAX_KEEPALIVE_CONNECTIONS = 64
 DEFAULT_KEEPALIVE_EXPIRY = 30.0
+#: How long a stream's end is awaited after its terminator (see ``_drain``).
+DRAIN_SECONDS = 0.1
 #: Used only by requests that do not pass their own timeout (every chainop call does).
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 USER_AGENT = "chainop"
@@ -255,6 +258,7 @@ class Wire:
         sent = loop.time()
         first_token = asyncio.timeout(first_limit)
         first_token_ms: int | None = None
+        done = False
         progress = _Progress()
         try:
             async with asyncio.timeout(timeout), first_token:
@@ -265,18 +269,23 @@ class Wire:
                         body = await self._read_body(response, progress)
                         return Reply(response.status_code, response.headers, body)
                     response.stream = _BoundedStream(response, self.max_reply_bytes, progress)
-                    async for event in EventSource(response).aiter_sse():
+                    events = EventSource(response).aiter_sse()
+                    async for event in events:
                         done = assembler.feed(event)
                         if first_token_ms is None and assembler.has_token:
                             first_token_ms = round((loop.time() - sent) * 1000)
                             first_token.reschedule(None)
                         if done:
                             break
+                    if done:
+                        await _drain(events)
                 finally:
                     await response.aclose()
         except core_errors.ProviderError as error:
             raise with_partial(error, assembler.partial_text) from None
         except TimeoutError:
+            if done:  # the whole budget ran out while draining: the answer is whole
+                return assembler.finish(first_token_ms=first_token_ms)
             if first_token.expired() and first_limit is not None:
                 raise core_errors.FirstTokenTimeoutError(
                     f"no first token within {errors.format_seconds(first_limit)}"
@@ -321,6 +330,21 @@ _WIRE_ERRORS = (
     aiohttp.ClientError,
     OSError,  # raw socket errors an aiohttp transport lets through unmapped
 )
+
+
+async def _drain(events: AsyncIterator[ServerSentEvent]) -> None:
+    """Read what follows a stream's terminator, for at most ``DRAIN_SECONDS``.
+
+    After ``[DONE]``/``message_stop`` a server sends only the end of the chunked body,
+    but a response closed before that end is read cannot go back to the pool: httpx's
+    own transport then closes the connection, and every streamed call would pay a new
+    TCP (and TLS) handshake. Whatever happens meanwhile (more bytes, a reset) no longer
+    matters: the answer is whole.
+    """
+    with contextlib.suppress(core_errors.ProviderError, *_WIRE_ERRORS):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in events:
+                pass
 
 
 @dataclass(slots=True)
