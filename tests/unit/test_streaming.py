@@ -513,6 +513,46 @@ async def test_an_endless_line_is_cut_at_the_reply_limit(
     assert "larger than" in caught.value.message
 
 
+async def test_endless_data_lines_without_an_event_end_are_cut(
+    tiny: Callable[[Handler], Awaitable[str]],
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for _ in range(100_000):
+            await response.write(b"data: " + b"x" * 64 + b"\n")
+        await response.write_eof()
+        return response
+
+    url = await tiny(handler)
+    async with ProviderClients(max_reply_bytes=256 * 1024) as clients:
+        with pytest.raises(errors.IncompleteReplyError) as caught:
+            await call(clients, provider_at(url), timeout=GUARD)
+    assert "an event larger than" in caught.value.message
+
+
+@pytest.mark.parametrize("answer_kib", [16, 96])
+async def test_a_stream_is_bounded_by_its_answer_not_by_its_framing(
+    tiny: Callable[[Handler], Awaitable[str]], answer_kib: int
+) -> None:
+    """A long answer streams many times its size in framing: with a 64 KiB limit, a
+    16 KiB answer in 8-byte deltas (some 100 KiB on the wire) is whole, a 96 KiB one
+    is too large."""
+    deltas = ["abcdefg "] * (answer_kib * 128)
+    frames = [chunk({"content": delta}) for delta in deltas]
+    url = await tiny(scripted([*frames, chunk({}, "stop"), DONE]))
+    async with ProviderClients(max_reply_bytes=64 * 1024) as clients:
+        if answer_kib * 1024 < 64 * 1024:
+            completion = await call(clients, provider_at(url), timeout=GUARD)
+            assert completion.text == "".join(deltas)
+            assert sum(map(len, frames)) > 64 * 1024
+        else:
+            with pytest.raises(errors.IncompleteReplyError) as caught:
+                await call(clients, provider_at(url), timeout=GUARD)
+            assert "answer larger than" in caught.value.message
+            assert len(caught.value.partial_text) > 64 * 1024 - 8
+
+
 # --------------------------------------------------------------------------- tool calls
 
 TOOLS = [ToolSpec(name="lookup", description="Look up", parameters={"type": "object"})]

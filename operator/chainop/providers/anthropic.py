@@ -254,6 +254,7 @@ class EventAssembler:
         self._input_tokens = 0
         self._output_tokens = 0
         self._served_model = ""
+        self._size = 0
         self._done = False
         self._token = False
 
@@ -266,6 +267,11 @@ class EventAssembler:
     def partial_text(self) -> str:
         """The text received so far."""
         return "".join(self._text)
+
+    @property
+    def size(self) -> int:
+        """Characters kept: text, tool-call ids, names and input."""
+        return self._size
 
     def feed(self, event: ServerSentEvent) -> bool:
         """Take one event; True at ``message_stop``."""
@@ -325,6 +331,7 @@ class EventAssembler:
             builder.name = name if isinstance(name, str) else ""
             if isinstance(tool_input, dict) and tool_input:  # whole input up front (rare)
                 builder.arguments.append(json.dumps(tool_input, separators=(",", ":")))
+            self._size += len(builder.id) + len(builder.name) + sum(map(len, builder.arguments))
             self._token = True
         elif block.get("type") in ("thinking", "redacted_thinking"):
             self._token = True
@@ -339,6 +346,7 @@ class EventAssembler:
             partial_json = delta.get("partial_json")
             if isinstance(partial_json, str):
                 self._tools[index].arguments.append(partial_json)
+                self._size += len(partial_json)
                 self._token = True
         elif kind in ("thinking_delta", "signature_delta"):
             self._token = True
@@ -346,6 +354,7 @@ class EventAssembler:
     def _add_text(self, text: Any) -> None:
         if isinstance(text, str) and text:
             self._text.append(text)
+            self._size += len(text)
             self._token = True
 
     def finish(self, *, first_token_ms: int | None) -> Completion:

@@ -12,7 +12,8 @@ tasks and chains, and there is exactly one thing to close on shutdown.
   time out.
 * **Bounded memory.** The body is streamed and reading stops past ``max_reply_bytes``
   (8 MiB by default), so a hostile or broken server cannot make the operator buffer
-  100 MB per task.
+  100 MB per task. A streamed reply (:meth:`Wire.stream`) is bounded per event and in
+  the answer assembled, each by the same limit.
 * **Typed failures.** Whatever goes wrong comes out as a ``chainop.core.errors`` class
   (see ``chainop.providers.errors``); callers never see an httpx exception.
 
@@ -235,9 +236,14 @@ class Wire:
         shorter) bounds the wait for the first token, after which the connection is
         closed and ``FirstTokenTimeoutError`` raised: a hung engine is left at once, not
         after the whole timeout. A stream that stalls after its first token until
-        ``timeout`` is a cut stream. Reading stops at the terminator (the connection is
-        not waited on) and past ``max_reply_bytes``. Every failure after a token carries
-        the text received as ``IncompleteReplyError.partial_text``.
+        ``timeout`` is a cut stream. Reading stops at the terminator (after a short
+        drain of the body's end, so the connection is reused).
+
+        Memory: one event longer than ``max_reply_bytes``, or an answer (text and tool
+        calls) larger than that, is an incomplete reply; the stream's total bytes are
+        not limited, as its framing is many times the answer (see ``_BoundedStream``).
+        Every failure after a token carries the text received as
+        ``IncompleteReplyError.partial_text``.
         """
         secrets = tuple(secrets)
         if timeout <= 0:
@@ -272,6 +278,10 @@ class Wire:
                     events = EventSource(response).aiter_sse()
                     async for event in events:
                         done = assembler.feed(event)
+                        if assembler.size > self.max_reply_bytes:
+                            raise errors.incomplete(
+                                f"answer larger than {self.max_reply_bytes} bytes"
+                            )
                         if first_token_ms is None and assembler.has_token:
                             first_token_ms = round((loop.time() - sent) * 1000)
                             first_token.reschedule(None)
@@ -355,16 +365,25 @@ class _Progress:
     received: int = 0
 
 
+#: What ends an SSE event: a blank line, in any of the three line endings SSE allows.
+_EVENT_ENDS = (b"\n\n", b"\r\r", b"\r\n\r\n")
+
+
 def _is_event_stream(response: httpx.Response) -> bool:
     content_type: str = response.headers.get("content-type", "")
     return content_type.partition(";")[0].strip().lower() == "text/event-stream"
 
 
 class _BoundedStream(httpx.AsyncByteStream):
-    """A response's byte stream that stops past ``limit`` bytes.
+    """A response's byte stream that stops at an event longer than ``limit`` bytes.
 
-    Installed under ``httpx-sse``'s parser, which buffers a line until its newline: a
-    server sending one endless line would otherwise grow that buffer without bound.
+    Installed under ``httpx-sse``'s parser, which buffers an event (its lines, up to the
+    blank line that ends it) before handing it over: a server sending one endless line,
+    or endless ``data:`` lines without a blank one, would otherwise grow that buffer
+    without bound. The stream as a whole is not limited in bytes - SSE framing carries
+    some 100-200 bytes of JSON per token, so a long answer legitimately streams many
+    times ``max_reply_bytes`` - only in time, and the answer kept in memory is limited
+    by ``Wire.stream`` through the assembler's ``size``.
     """
 
     def __init__(self, response: httpx.Response, limit: int, progress: _Progress) -> None:
@@ -373,12 +392,21 @@ class _BoundedStream(httpx.AsyncByteStream):
         self._inner = response.stream
         self._limit = limit
         self._progress = progress
+        self._pending = 0  # bytes since the last event boundary
+        self._tail = b""  # the end of the previous chunk, for boundaries split across
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._inner:
             self._progress.received += len(chunk)
-            if self._progress.received > self._limit:
-                raise errors.incomplete(f"reply larger than {self._limit} bytes")
+            window = self._tail + chunk
+            end = max(
+                (found + len(mark) for mark in _EVENT_ENDS if (found := window.rfind(mark)) >= 0),
+                default=-1,
+            )
+            self._pending = len(window) - end if end >= 0 else self._pending + len(chunk)
+            if self._pending > self._limit:
+                raise errors.incomplete(f"an event larger than {self._limit} bytes")
+            self._tail = window[-3:]
             yield chunk
 
     async def aclose(self) -> None:

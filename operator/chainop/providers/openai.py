@@ -220,6 +220,7 @@ class ChunkAssembler:
         self._finish_reason = ""
         self._usage: dict[str, Any] = {}
         self._served_model = ""
+        self._size = 0
         self._done = False
         self._token = False
 
@@ -232,6 +233,11 @@ class ChunkAssembler:
     def partial_text(self) -> str:
         """The content received so far."""
         return "".join(self._text)
+
+    @property
+    def size(self) -> int:
+        """Characters kept: content, refusal, tool-call ids, names and arguments."""
+        return self._size
 
     def feed(self, event: ServerSentEvent) -> bool:
         """Take one event; True at ``[DONE]``."""
@@ -272,10 +278,12 @@ class ChunkAssembler:
         content = _content_text(delta.get("content"))
         if content:
             self._text.append(content)
+            self._size += len(content)
             self._token = True
         refusal = delta.get("refusal")
         if isinstance(refusal, str) and refusal:
             self._refusal.append(refusal)
+            self._size += len(refusal)
             self._token = True
         if any(isinstance(delta.get(key), str) and delta[key] for key in _REASONING_KEYS):
             self._token = True
@@ -292,14 +300,17 @@ class ChunkAssembler:
         call_id = item.get("id")
         if isinstance(call_id, str) and call_id and not builder.id:
             builder.id = call_id
+            self._size += len(call_id)
         function = item.get("function")
         if isinstance(function, dict):
             name = function.get("name")
             if isinstance(name, str) and name and not builder.name:
                 builder.name = name
+                self._size += len(name)
             arguments = _arguments_text(function.get("arguments"))
             if arguments:
                 builder.arguments.append(arguments)
+                self._size += len(arguments)
         self._token = True
 
     def finish(self, *, first_token_ms: int | None) -> Completion:

@@ -52,6 +52,11 @@ class Assembler(Protocol):
         """The answer text received so far (carried by a cut stream's error)."""
         ...
 
+    @property
+    def size(self) -> int:
+        """Characters of answer kept so far (text, tool calls): what bounds memory."""
+        ...
+
     def finish(self, *, first_token_ms: int | None) -> Completion:
         """The whole answer once the stream ended, or ``IncompleteReplyError``."""
         ...
