@@ -32,6 +32,13 @@ with the reason, never passed), through :class:`chainop.testing.llama.LlamaServe
   ``LlamaServer.stop()`` (a second SIGTERM, then SIGKILL) does; streaming, one SIGTERM is
   a race, ``stop()`` always works.
 
+- chainop's own clients (``ProviderClients``, issue 15) stream from it over both of its
+  APIs, ``/v1/chat/completions`` and ``/v1/messages``: the answer assembled from the
+  events is the text the server answers unstreamed, word for word, with its usage and a
+  time to first token; a stream that ends on ``length`` because the *context* ran out
+  (``max_tokens`` far from reached) is a cut stream, ``IncompleteReplyError`` with the
+  text that arrived as ``partial_text``, never an answer.
+
 Every reply is recorded in the test's output (``-s``) and, when ``CHAINOP_LLAMA_RECORD``
 names a file, written there as JSON (docs/llama-server.md quotes such a record).
 """
@@ -54,8 +61,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from chainop.core.models import ProviderChainSpec
-from chainop.providers import loadsignal
+from chainop.core.calls import CallContext, Completion
+from chainop.core.errors import IncompleteReplyError
+from chainop.core.models import ProviderChainSpec, ProviderSpec, RequestSpec
+from chainop.providers import ProviderClients, loadsignal
 from chainop.providers.http import Wire
 from chainop.testing import llama
 from chainop.testing.llama import LlamaServer, Reply
@@ -520,3 +529,85 @@ def test_after_one_sigterm_it_exits_once_the_waiting_client_gives_up(tmp_path: P
         # the handler polls its connection every second (HTTP_POLLING_SECONDS)
         assert exited - outcome["ended"] < 2.0
         assert srv.returncode == 0
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def _provider(srv: LlamaServer, protocol: str, *, stream: bool) -> ProviderSpec:
+    """The server as a chainop provider of ``protocol`` (its Anthropic API at the root)."""
+    return ProviderSpec.model_validate(
+        {
+            "name": "llama",
+            "type": protocol,
+            "endpoint": srv.url if protocol == "openai" else srv.root_url,
+            "model": llama.DEFAULT_ALIAS,
+            "privacyTier": "Sovereign",
+            "stream": stream,
+            "timeoutSeconds": 120,
+        }
+    )
+
+
+async def _call_once(provider: ProviderSpec, request: RequestSpec) -> Completion:
+    """One call through chainop's clients, on a connection of its own: llama-server closes
+    a connection after a streamed reply, and what a pool does with that is not what these
+    tests are about."""
+    clients = ProviderClients()
+    try:
+        return await clients(provider, request, CallContext(timeout=120))
+    finally:
+        await clients.aclose()
+
+
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+async def test_chainop_assembles_the_real_stream_whole(server: LlamaServer, protocol: str) -> None:
+    request = RequestSpec.model_validate(
+        {
+            "messages": [{"role": "user", "content": "Count from 1 to 30, separated by commas."}],
+            "maxTokens": 64,
+        }
+    )
+    streamed = await _call_once(_provider(server, protocol, stream=True), request)
+    whole = await _call_once(_provider(server, protocol, stream=False), request)
+    record(
+        f"chainop_stream_{protocol}",
+        {
+            "text": streamed.text,
+            "first_token_ms": streamed.first_token_ms,
+            "output_tokens": streamed.output_tokens,
+            "model": streamed.model,
+        },
+    )
+    assert streamed.text == whole.text  # every delta joined, nothing lost or doubled
+    assert len(streamed.text) > 20
+    assert (streamed.input_tokens, streamed.output_tokens) == (
+        whole.input_tokens,
+        whole.output_tokens,
+    )
+    assert streamed.output_tokens > 0
+    assert streamed.first_token_ms is not None
+    assert streamed.first_token_ms >= 0
+    assert whole.first_token_ms is None
+
+
+async def test_a_stream_cut_by_the_full_context_is_incomplete_with_its_text(
+    server: LlamaServer,
+) -> None:
+    # 600 tokens asked for, 256 of context, a prompt SmolLM2 never ends early on (greedy,
+    # it counts on): the server stops on "length" once the context is full, long before
+    # max_tokens -- a cut answer, which only the count tells apart.
+    request = RequestSpec.model_validate(
+        {
+            "messages": [{"role": "user", "content": "Count from 1 to 100, separated by commas."}],
+            "maxTokens": 600,
+        }
+    )
+    with pytest.raises(IncompleteReplyError) as caught:
+        await _call_once(_provider(server, "openai", stream=True), request)
+    record(
+        "chainop_stream_context_full",
+        {"error": caught.value.message, "partial_chars": len(caught.value.partial_text)},
+    )
+    assert "length" in caught.value.message or "context" in caught.value.message
+    assert len(caught.value.partial_text) > 100  # the ~200 tokens that did arrive
