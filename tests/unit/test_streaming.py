@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from itertools import pairwise
 from typing import Any
@@ -935,6 +936,61 @@ async def test_any_split_of_the_bytes_into_reads_assembles_the_same_answer(
     assert isinstance(completion, Completion)
     assert completion.text == "héllo wörld"
     assert (completion.input_tokens, completion.output_tokens) == (3, 2)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_an_answer_of_token_sized_deltas_costs_its_characters_not_an_object_each(
+    protocol: str,
+) -> None:
+    """200,000 two-character deltas (400 kB of text and tool-call arguments): kept as a
+    list of strings they would cost ~12 MB, in an ``io.StringIO`` ~6 MB at its peak; the
+    assemblers stay within 2 MB."""
+    count = 200_000
+    if protocol == "openai":
+        assembler: Any = openai_protocol.ChunkAssembler(model="m1", max_tokens=10**6)
+        text = ServerSentEvent(data=json.dumps(_chunk({"content": "ab"})))
+        first = {"index": 0, "id": "c", "function": {"name": "f", "arguments": '{"k": "'}}
+        args = ServerSentEvent(
+            data=json.dumps(_chunk({"tool_calls": [{"index": 0, "function": {"arguments": "ab"}}]}))
+        )
+        start = ServerSentEvent(data=json.dumps(_chunk({"tool_calls": [first]})))
+    else:
+        assembler = anthropic_protocol.EventAssembler(model="m1", max_tokens=10**6)
+        assembler.feed(anthropic_events([])[1])  # the text block opens
+        text = ServerSentEvent(
+            data=json.dumps(
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": "ab"},
+                }
+            )
+        )
+        block = {"type": "tool_use", "id": "t", "name": "f", "input": {}}
+        start = ServerSentEvent(
+            data=json.dumps({"type": "content_block_start", "index": 1, "content_block": block})
+        )
+        args = ServerSentEvent(
+            data=json.dumps(
+                {
+                    "type": "content_block_delta",
+                    "index": 1,
+                    "delta": {"type": "input_json_delta", "partial_json": "ab"},
+                }
+            )
+        )
+    tracemalloc.start()
+    try:
+        for _ in range(count // 2):
+            assembler.feed(text)
+        assembler.feed(start)
+        for _ in range(count // 2):
+            assembler.feed(args)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert assembler.size >= 2 * count
+    assert peak < 2_000_000
 
 
 def test_a_length_stop_that_used_the_whole_max_tokens_is_an_answer() -> None:

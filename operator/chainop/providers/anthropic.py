@@ -247,7 +247,7 @@ class EventAssembler:
         self._model = model
         self._max_tokens = max_tokens
         self._secrets = tuple(secrets)
-        self._text: list[str] = []
+        self._text = stream.TextBuffer()
         self._text_blocks: set[int] = set()
         self._tools: dict[int, stream.ToolCallBuilder] = {}
         self._stop_reason: Any = None
@@ -266,7 +266,7 @@ class EventAssembler:
     @property
     def partial_text(self) -> str:
         """The text received so far."""
-        return "".join(self._text)
+        return self._text.getvalue()
 
     @property
     def size(self) -> int:
@@ -277,7 +277,7 @@ class EventAssembler:
         """Take one event; True at ``message_stop``."""
         if event.event == "ping" or not event.data.strip():
             return False
-        data = stream.event_json(event, partial_text=self.partial_text)
+        data = stream.event_json(event)
         kind = data.get("type", event.event)
         if kind == "error" or event.event == "error":
             raise stream.error_event(
@@ -330,8 +330,8 @@ class EventAssembler:
             builder.id = call_id if isinstance(call_id, str) else ""
             builder.name = name if isinstance(name, str) else ""
             if isinstance(tool_input, dict) and tool_input:  # whole input up front (rare)
-                builder.arguments.append(json.dumps(tool_input, separators=(",", ":")))
-            self._size += len(builder.id) + len(builder.name) + sum(map(len, builder.arguments))
+                builder.arguments.write(json.dumps(tool_input, separators=(",", ":")))
+            self._size += len(builder.id) + len(builder.name) + len(builder.arguments)
             self._token = True
         elif block.get("type") in ("thinking", "redacted_thinking"):
             self._token = True
@@ -345,7 +345,7 @@ class EventAssembler:
         elif kind == "input_json_delta" and isinstance(index, int) and index in self._tools:
             partial_json = delta.get("partial_json")
             if isinstance(partial_json, str):
-                self._tools[index].arguments.append(partial_json)
+                self._tools[index].arguments.write(partial_json)
                 self._size += len(partial_json)
                 self._token = True
         elif kind in ("thinking_delta", "signature_delta"):
@@ -353,7 +353,7 @@ class EventAssembler:
 
     def _add_text(self, text: Any) -> None:
         if isinstance(text, str) and text:
-            self._text.append(text)
+            self._text.write(text)
             self._size += len(text)
             self._token = True
 

@@ -214,7 +214,7 @@ class ChunkAssembler:
         self._model = model
         self._max_tokens = max_tokens
         self._secrets = tuple(secrets)
-        self._text: list[str] = []
+        self._text = stream.TextBuffer()
         self._refusal: list[str] = []
         self._tools: dict[int, stream.ToolCallBuilder] = {}
         self._finish_reason = ""
@@ -232,7 +232,7 @@ class ChunkAssembler:
     @property
     def partial_text(self) -> str:
         """The content received so far."""
-        return "".join(self._text)
+        return self._text.getvalue()
 
     @property
     def size(self) -> int:
@@ -246,7 +246,7 @@ class ChunkAssembler:
             return True
         if not event.data.strip():
             return False
-        chunk = stream.event_json(event, partial_text=self.partial_text)
+        chunk = stream.event_json(event)
         error = chunk.get("error") if event.event != "error" else chunk.get("error", chunk)
         if error:
             raise stream.error_event(
@@ -277,7 +277,7 @@ class ChunkAssembler:
     def _delta(self, delta: dict[str, Any]) -> None:
         content = _content_text(delta.get("content"))
         if content:
-            self._text.append(content)
+            self._text.write(content)
             self._size += len(content)
             self._token = True
         refusal = delta.get("refusal")
@@ -295,7 +295,7 @@ class ChunkAssembler:
     def _tool_delta(self, position: int, item: dict[str, Any]) -> None:
         index = item.get("index", position)
         if not isinstance(index, int) or isinstance(index, bool):
-            raise stream.cut("a tool call delta without an index", self.partial_text)
+            raise stream.cut("a tool call delta without an index", "")
         builder = self._tools.setdefault(index, stream.ToolCallBuilder())
         call_id = item.get("id")
         if isinstance(call_id, str) and call_id and not builder.id:
@@ -309,7 +309,7 @@ class ChunkAssembler:
                 self._size += len(name)
             arguments = _arguments_text(function.get("arguments"))
             if arguments:
-                builder.arguments.append(arguments)
+                builder.arguments.write(arguments)
                 self._size += len(arguments)
         self._token = True
 
