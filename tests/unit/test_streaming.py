@@ -721,6 +721,29 @@ async def test_malformed_tool_call_json_is_an_incomplete_reply(
     assert "lookup" in caught.value.message
 
 
+def test_streamed_tool_calls_that_reuse_an_index_with_a_new_id_stay_apart() -> None:
+    def delta(call_id: str | None, name: str | None, arguments: str) -> ServerSentEvent:
+        item: dict[str, Any] = {"index": 0, "function": {"arguments": arguments}}
+        if call_id:
+            item["id"] = call_id
+            item["function"]["name"] = name
+        return ServerSentEvent(data=json.dumps(_chunk({"tool_calls": [item]})))
+
+    events = [
+        delta("call_a", "lookup", '{"q": '),
+        delta(None, None, '"a"}'),
+        delta("call_b", "fetch", '{"url": "b"}'),
+        delta("call_b", None, ""),  # an id repeated on a fragment is the same call
+        ServerSentEvent(data=json.dumps(_chunk({}, "tool_calls"))),
+        ServerSentEvent(data="[DONE]"),
+    ]
+    completion = assemble(openai_protocol.ChunkAssembler(model="m1", max_tokens=64), events)
+    assert [(c.id, c.name, json.loads(c.arguments)) for c in completion.tool_calls] == [
+        ("call_a", "lookup", {"q": "a"}),
+        ("call_b", "fetch", {"url": "b"}),
+    ]
+
+
 def test_malformed_whole_tool_calls_are_incomplete() -> None:
     bad_openai = {
         "choices": [

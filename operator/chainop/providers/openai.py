@@ -216,7 +216,8 @@ class ChunkAssembler:
         self._secrets = tuple(secrets)
         self._text = stream.TextBuffer()
         self._refusal: list[str] = []
-        self._tools: dict[int, stream.ToolCallBuilder] = {}
+        self._tools: list[stream.ToolCallBuilder] = []  # in the order they began
+        self._slots: dict[int, int] = {}  # a delta's index -> its call in _tools
         self._finish_reason = ""
         self._usage: dict[str, Any] = {}
         self._served_model = ""
@@ -296,9 +297,16 @@ class ChunkAssembler:
         index = item.get("index", position)
         if not isinstance(index, int) or isinstance(index, bool):
             raise stream.cut("a tool call delta without an index", "")
-        builder = self._tools.setdefault(index, stream.ToolCallBuilder())
         call_id = item.get("id")
-        if isinstance(call_id, str) and call_id and not builder.id:
+        call_id = call_id if isinstance(call_id, str) else ""
+        slot = self._slots.get(index)
+        if slot is None or (call_id and self._tools[slot].id not in ("", call_id)):
+            # A new call; also when an index is reused with another id (some servers
+            # number every call 0), so two calls are not fused into one bad JSON.
+            slot = self._slots[index] = len(self._tools)
+            self._tools.append(stream.ToolCallBuilder())
+        builder = self._tools[slot]
+        if call_id and not builder.id:
             builder.id = call_id
             self._size += len(call_id)
         function = item.get("function")
@@ -331,8 +339,7 @@ class ChunkAssembler:
         except core_errors.IncompleteReplyError as error:
             raise stream.with_partial(error, partial) from None
         tool_calls = tuple(
-            builder.build(index, partial_text=partial)
-            for index, builder in sorted(self._tools.items())
+            builder.build(index, partial_text=partial) for index, builder in enumerate(self._tools)
         )
         if not partial and not tool_calls:
             raise stream.cut("empty content", partial)
