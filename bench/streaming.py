@@ -345,6 +345,10 @@ def summarise_overhead(raw: dict[str, Any], keys: list[str]) -> dict[str, Any]:
             rps = statistics.median(s["rps"] for s in slices[key])
             table[key] = {
                 "rps": round(rps, 1),
+                "rps_range": [
+                    round(min(s["rps"] for s in slices[key])),
+                    round(max(s["rps"] for s in slices[key])),
+                ],
                 "tokens_per_s": round(rps * chunks),
                 "cpu_us_per_request": round(
                     statistics.median(s["cpu_us_per_request"] for s in slices[key])
@@ -498,20 +502,23 @@ def render(section: dict[str, Any]) -> str:
         f"{over.get('chunks_per_answer')} word-sized `chat.completion.chunk` events (one per "
         "token, as a server streams), fetched four ways in one process, alternating "
         f"{s['slices']} slices of {s['slice_seconds']:g} s per client and concurrency; medians "
-        "of the slices. *Tokens/s* = requests/s × the answer's chunks. The CPU ratios are "
-        "medians of per-slice ratios (slices seconds apart see the same interference).",
+        "of the slices (*slices' req/s*: the lowest and highest slice, how much the shared "
+        "machine moved them). *Tokens/s* = requests/s × the answer's chunks. The CPU ratios "
+        "are medians of per-slice ratios (slices seconds apart see the same interference), "
+        "the figure to compare clients by; requests/s depend on what else the two cores run.",
         "",
-        "| client | c | req/s | tokens/s | p50 ms | CPU µs/req | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| client | c | req/s | slices' req/s | tokens/s | p50 ms | CPU µs/req | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for concurrency, part in over["by_concurrency"].items():
         for key in CONTENDERS:
             row = part["table"].get(key)
             if row is None:
                 continue
+            low, high = row.get("rps_range") or (row["rps"], row["rps"])
             lines.append(
                 f"| {LABELS[key]} | {concurrency} | {_num(row['rps'])} | "
-                f"{row['tokens_per_s']:,} | {row['p50_ms']:.2f} | "
+                f"{low:,.0f}–{high:,.0f} | {row['tokens_per_s']:,} | {row['p50_ms']:.2f} | "
                 f"{row['cpu_us_per_request']:,} | {row['errors']} |"
             )
     lines.append("")
