@@ -19,19 +19,26 @@ true``) against ``chainop.testing.fake_backend`` servers on 127.0.0.1:
   ``stitched: true``, ``parts`` with each provider's characters, the cut part
   ``complete: false``, the text the partial text followed by the continuation.
 
+* a stall before the first token is evidence of a wedged engine: an in-cluster provider
+  whose List probes keep passing while every streamed call stalls is marked Wedged on
+  that evidence alone (``ProviderWedged``), and its Deployment restarted, each task
+  answered by the next provider in the meantime.
+
 No wall-clock assertions on the test's own timing: bounds are checked on the attempts'
 ``latencyMs``, and who was called on the backends' own counters.
 """
 
 from __future__ import annotations
 
+import sys
 import urllib.request
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from chainop.testing.fake_backend import FakeBackendThread
+from chainop.testing.cluster import free_port
+from chainop.testing.fake_backend import FakeBackendControl, FakeBackendThread
 from tests.e2e.kit import CHAINS, Kit, outcomes
 
 pytestmark = pytest.mark.cluster
@@ -240,3 +247,77 @@ def test_cut_stream_is_stitched_with_continue(kit: Kit, operator, backends, prot
         lambda o: kit.provider_status("default", "broken").get("consecutiveFailures") == 1,
         what="the cut stream counted against broken",
     )
+
+
+# --------------------------------------------------------------------------- wedge evidence
+
+
+def test_stalls_before_the_first_token_are_wedge_evidence_and_restart_the_backend(
+    kit: Kit, operator, backends, supervisor
+):
+    # The fake vLLM run by the supervisor (playing kubelet) behind a real Deployment.
+    port = free_port()
+    kit.create_deployment("vllm")
+    # --name vllm: it lists (and answers as) "vllm-model", the configured model.
+    command = [sys.executable, "-m", "chainop.testing.fake_backend", "--name", "vllm"]
+    supervisor.bind(kit.namespace, "vllm", [*command, "--port", str(port)], port)
+    kit.create_chain(
+        "default",
+        [
+            kit.provider(
+                "vllm",
+                f"http://127.0.0.1:{port}",
+                "Sovereign",
+                backend={"deployment": "vllm"},
+                stream=True,
+                firstTokenTimeoutSeconds=1,
+                # Listing probes keep passing while generation stalls: only the real
+                # calls can tell.
+                probe={"kind": "List"},
+            ),
+            kit.provider("cloud", backends("cloud").url),
+        ],
+        health={
+            "probe": {"intervalSeconds": 1, "timeoutSeconds": 1, "unhealthyThreshold": 2},
+            "wedged": {"failures": 3, "windowSeconds": 60},
+            "failureThreshold": 10,  # never benched first: the wedge is what acts
+            "transientRetries": 0,
+        },
+        selfHealing={"recovery": {"initialSeconds": 1, "maxSeconds": 4}},
+        taskDefaults={"allowDelegation": True},
+    )
+    vllm = FakeBackendControl(f"http://127.0.0.1:{port}")
+    kit.wait_until(
+        lambda: (
+            kit.provider_status("default", "vllm").get("state") == "Healthy"
+            and vllm.stats()["requests"].get("models", 0) > 0
+        ),
+        what="vllm Healthy by a passing List probe",
+    )
+    vllm.set(mode="stall_first_token")
+    for i in range(3):
+        kit.create_task(f"t{i}", timeoutSeconds=60)
+        status = kit.wait_task(f"t{i}")
+        assert status["phase"] == "Succeeded", status.get("conditions")
+        assert outcomes(status) == [("vllm", "TransientError"), ("cloud", "Succeeded")], status
+        assert "no first token within 1s" in status["attempts"][0]["error"]
+        assert status["attempts"][0]["latencyMs"] <= 2000
+    kit.wait_until(
+        lambda: "ProviderWedged" in kit.event_reasons("default"), what="a ProviderWedged Event"
+    )
+    supervisor.wait_for_restarts(kit.namespace, "vllm", 1, timeout=30)
+    wedged = " ".join(
+        e.get("message", "") for e in kit.events() if e.get("reason") == "ProviderWedged"
+    )
+    assert "3 real calls failed" in wedged
+    # The restarted process answers, streamed, and the provider is restored.
+    kit.wait_until(
+        lambda: kit.provider_status("default", "vllm").get("state") == "Healthy",
+        timeout=30,
+        what="vllm restored after its restart",
+    )
+    kit.create_task("after", timeoutSeconds=60)
+    status = kit.wait_task("after")
+    assert outcomes(status) == [("vllm", "Succeeded")]
+    assert status["result"]["firstTokenMs"] is not None
+    assert supervisor.restarts(kit.namespace, "vllm") == 1
