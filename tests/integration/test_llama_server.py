@@ -611,3 +611,29 @@ async def test_a_stream_cut_by_the_full_context_is_incomplete_with_its_text(
     )
     assert "length" in caught.value.message or "context" in caught.value.message
     assert len(caught.value.partial_text) > 100  # the ~200 tokens that did arrive
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_one_pool_survives_the_connection_closed_after_each_stream(
+    server: LlamaServer, transport: str
+) -> None:
+    """llama-server closes the connection after a streamed reply though it announces
+    keep-alive; a pooled client must not count that dead connection against the server.
+    Before chainop's clients retried a request the dead connection never carried, 13 of
+    40 such calls over aiohttp failed ("Can not write request body", "Server
+    disconnected")."""
+    request = RequestSpec.model_validate(
+        {"messages": [{"role": "user", "content": "Say hi."}], "maxTokens": 8}
+    )
+    clients = ProviderClients(transport=transport)  # type: ignore[arg-type]
+    failures: list[str] = []
+    try:
+        for index in range(24):
+            provider = _provider(server, "openai", stream=index % 3 != 2)
+            try:
+                await clients(provider, request, CallContext(timeout=60))
+            except Exception as error:  # every failure is the finding
+                failures.append(f"call {index}: {error}")
+    finally:
+        await clients.aclose()
+    assert failures == []

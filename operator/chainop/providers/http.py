@@ -165,6 +165,26 @@ class Wire:
             parsed = self._urls[url] = httpx.URL(url)
         return parsed
 
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request``; once more on a fresh connection if a pooled one was dead.
+
+        llama-server (b11434) announces ``Keep-Alive`` yet closes the connection after a
+        streamed reply; unlike httpcore, which checks a pooled connection before reusing
+        it, the aiohttp transport hands the next request that dead connection: writing
+        the body fails, or the server is found gone before a single byte of answer (13 of
+        40 sequential calls, each a failure counted against a healthy provider). One more
+        try on a fresh connection then. Only for those two errors: no answer at all came
+        back, and the calls are completions (no side effects) or job submissions (with an
+        idempotency key), so the rare server that took the request and then vanished
+        costs at most a duplicate completion. Any other error is left alone.
+        """
+        try:
+            return await self.client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            if not _body_never_written(exc):
+                raise
+        return await self.client.send(request, stream=True)
+
     async def request(
         self,
         method: str,
@@ -194,7 +214,7 @@ class Wire:
         progress = _Progress()
         try:
             async with asyncio.timeout(timeout):
-                response = await self.client.send(request, stream=True)
+                response = await self._send(request)
                 try:
                     progress.body_started = True
                     body = await self._read_body(response, progress)
@@ -268,7 +288,7 @@ class Wire:
         progress = _Progress()
         try:
             async with asyncio.timeout(timeout), first_token:
-                response = await self.client.send(request, stream=True)
+                response = await self._send(request)
                 try:
                     progress.body_started = True
                     if not (200 <= response.status_code < 300 and _is_event_stream(response)):
@@ -340,6 +360,15 @@ _WIRE_ERRORS = (
     aiohttp.ClientError,
     OSError,  # raw socket errors an aiohttp transport lets through unmapped
 )
+
+
+def _body_never_written(exc: BaseException) -> bool:
+    """Whether aiohttp met a dead pooled connection: it could not write the request, or
+    the server was gone before any byte of answer."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, aiohttp.ServerDisconnectedError):
+        return True
+    return isinstance(cause, aiohttp.ClientOSError) and "Can not write request body" in str(cause)
 
 
 async def _drain(events: AsyncIterator[ServerSentEvent]) -> None:
