@@ -179,12 +179,12 @@ async def test_require_configured_model_turns_drift_into_a_failover():
         provider("vllm", "Sovereign"),
         provider("cloud"),
         guards={"requireConfiguredModel": True},
-        health={"transientRetries": 0},
     )
     call = ScriptedCall({"vllm": [ok(model="other")]})
     result, board = await run(spec, call)
     assert result.provider == "cloud"
     assert names(result.attempts) == [("vllm", "TransientError"), ("cloud", "Succeeded")]
+    assert call.called() == ["vllm", "cloud"]  # never retried: it would drift again
     assert "answered as model 'other'" in result.attempts[0].error
     assert board.get("vllm").consecutive_failures == 1
 
@@ -245,3 +245,49 @@ async def test_first_token_and_tool_calls_reach_the_result():
     assert result.completion is not None
     assert result.completion.tool_calls == calls
     assert result.attempts[-1].first_token_ms == 42
+
+
+async def test_no_first_token_advances_at_once_whatever_transient_retries():
+    spec = chain(provider("vllm", "Sovereign"), provider("cloud"), health={"transientRetries": 2})
+    call = ScriptedCall({"vllm": [FirstTokenTimeoutError("no first token within 1s")]})
+    result, board = await run(spec, call)
+    assert call.called() == ["vllm", "cloud"]
+    assert result.provider == "cloud"
+    assert board.get("vllm").consecutive_failures == 1
+
+
+async def test_a_hedge_that_answers_from_scratch_is_never_stitched():
+    import asyncio as _asyncio
+
+    from chainop.core.models import HedgeSpec
+
+    class Call:
+        def __init__(self):
+            self.contexts = {}
+
+        async def __call__(self, provider, request, context):
+            self.contexts[provider.name] = context
+            if provider.name == "vllm":
+                await _asyncio.sleep(0.05)
+                raise IncompleteReplyError("cut", partial_text="PARTIAL-")
+            await _asyncio.sleep(0.1)
+            return ok("FULL ANSWER")
+
+    spec = chain(
+        provider("vllm", "Sovereign"),
+        provider("cloud"),
+        onCutStream="Continue",
+        health={"transientRetries": 0},
+    )
+    result = await executor.execute(
+        chain=spec,
+        eligible=["vllm", "cloud"],
+        request=request(),
+        call=Call(),
+        board=HealthBoard(spec),
+        now=Clock(),
+        hedge=HedgeSpec(after_millis=10),
+    )
+    assert result.completion is not None
+    assert result.completion.text == "FULL ANSWER"
+    assert result.parts == ()

@@ -612,3 +612,101 @@ async def test_a_burst_between_two_readings_spills_once_the_estimate_is_full():
     assert providers.count("vllm") == 4
     assert providers.count("cloud") == 4
     assert board.inflight == {"vllm": 0, "cloud": 0}
+
+
+# --------------------------------------------------------------------------- review findings
+
+
+async def test_a_hedges_permanent_error_does_not_fail_a_primary_that_answers():
+    from chainop.core.errors import AuthError
+
+    call = RaceCall({"slow": 0.1, "fast": 0.0}, errors={"fast": AuthError("HTTP 401")})
+    result, _ = await run(HEDGED, call, hedge=HedgeSpec(after_millis=10))
+    assert result.provider == "slow"
+    assert [a.outcome for a in result.attempts] == ["AuthError", "Succeeded"]
+
+
+async def test_a_hedges_permanent_error_is_the_reason_when_nothing_answers():
+    from chainop.core.errors import AuthError
+
+    spec = chain(
+        *HEDGED.model_dump(by_alias=True)["providers"],
+        health={"transientRetries": 0},
+        taskDefaults={"allowDelegation": True},
+    )
+    call = RaceCall(
+        {"slow": 0.1, "fast": 0.0},
+        errors={"fast": AuthError("HTTP 401"), "slow": TransientError("HTTP 503")},
+    )
+    result, _ = await run(spec, call, hedge=HedgeSpec(after_millis=10))
+    assert result.failure_reason == "AuthError"
+    assert "last" not in call.called  # nothing starts after a failure that ends the walk
+
+
+async def test_a_jobs_primary_is_never_hedged():
+    spec = chain(
+        {**provider("batch", "Sovereign"), "type": "jobs"},
+        provider("cloud"),
+        taskDefaults={"allowDelegation": True},
+    )
+    call = RaceCall({"batch": 0.1})
+    result, _ = await run(spec, call, hedge=HedgeSpec(after_millis=5))
+    assert call.called == ["batch"]
+    assert not result.hedged
+
+
+async def test_everything_after_a_saturated_provider_failing_queues_there_after_all():
+    clock = Clock()
+    board = HealthBoard(LOCAL_THEN_CLOUD)
+    board.set_load("vllm", reading(12, at=clock()))
+    call = ScriptedCall({"cloud": [TransientError("HTTP 503")]})
+    result, _ = await run(LOCAL_THEN_CLOUD, call, board=board, clock=clock)
+    assert call.called() == ["cloud", "cloud", "vllm"]
+    assert result.provider == "vllm"
+    assert names(result.attempts)[0] == ("vllm", "Skipped")
+
+
+async def test_a_saturation_skip_is_a_spillover_not_a_failover():
+    from tests.unit.support import RecordingObserver
+
+    clock = Clock()
+    board = HealthBoard(LOCAL_THEN_CLOUD)
+    board.set_load("vllm", reading(12, at=clock()))
+    observer = RecordingObserver()
+    await run(LOCAL_THEN_CLOUD, ScriptedCall(), board=board, clock=clock, observer=observer)
+    assert observer.kinds("failover") == []
+    assert observer.kinds("spillover") == [("spillover", "vllm", "cloud")]
+
+
+async def test_a_resumed_job_is_polled_even_when_its_provider_is_benched_now():
+    spec = chain(
+        {**provider("batch", "Private"), "type": "jobs"},
+        provider("cloud"),
+    )
+    clock = Clock()
+    board = HealthBoard(spec)
+    board.set(ProviderHealth(name="batch", cooldown_until=clock() + 60, benchings=1))
+    call = ScriptedCall()
+    result, _ = await run(
+        spec,
+        call,
+        board=board,
+        clock=clock,
+        resume=executor.Resume(provider="batch", job_id="job-1"),
+    )
+    assert call.called() == ["batch"]
+    assert call.calls[0][1].resume_job_id == "job-1"
+    assert result.provider == "batch"
+
+
+def test_the_wait_message_is_stable_while_waiting():
+    clock = Clock()
+    board = benched_board(HEDGED, clock, {"slow": 30, "fast": 10, "last": 20})
+
+    async def once():
+        result, _ = await run(HEDGED, ScriptedCall(), board=board, clock=clock, timeout_seconds=60)
+        return result.failure_message
+
+    first = asyncio.run(once())
+    clock.advance(3)
+    assert asyncio.run(once()) == first

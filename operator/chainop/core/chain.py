@@ -40,9 +40,10 @@ from chainop.core.drift import model_matches
 from chainop.core.errors import (
     ChainExhaustedError,
     IncompleteReplyError,
+    ModelDriftError,
     ProviderError,
-    TransientError,
 )
+from chainop.core.latency import LatencyStats
 from chainop.core.models import (
     Attempt,
     AttemptOutcome,
@@ -183,6 +184,9 @@ class _RunEnd:
     is_terminus: bool = False
     failure_reason: str = ""
     failure_message: str = ""
+    #: The cut text this call was asked to continue, and its parts (a stitched answer).
+    continued: str | None = None
+    parts: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(slots=True)
@@ -243,6 +247,16 @@ class _Walk:
     #: which part (provider, characters).
     continue_from: str | None = None
     parts: list[tuple[str, int]] = field(default_factory=list)
+    #: Providers skipped only because they were saturated (indices), in order: the
+    #: walk queues on the first of them rather than fail when everything after fails.
+    saturated: list[int] = field(default_factory=list)
+    #: A failure (permanent, content policy) of one run while another is still racing:
+    #: the task fails with it only if nothing else answers.
+    pending_failure: _RunEnd | None = None
+    #: Index of the provider a resumed job belongs to (-1: none).
+    resume_index: int = -1
+    #: The last Sovereign provider considered (for the spillover hook).
+    last_sovereign: ProviderSpec | None = None
 
     def record(self, provider: ProviderSpec, attempt: Attempt) -> None:
         self.attempts.append(attempt)
@@ -286,6 +300,8 @@ class _Call:
     started: float
     started_at: datetime
     seen_jobs: list[str]
+    continued: str | None = None
+    parts: tuple[tuple[str, int], ...] = ()
 
     def attempt(self, outcome: AttemptOutcome, error: str = "", **extra: object) -> Attempt:
         """The attempt record of this call, ending now."""
@@ -321,7 +337,14 @@ async def _call_once(
         continue_from=walk.continue_from,
     )
     walk.resume_job = None
-    call = _Call(run=run, started=loop.time(), started_at=utc(walk.now()), seen_jobs=seen)
+    call = _Call(
+        run=run,
+        started=loop.time(),
+        started_at=utc(walk.now()),
+        seen_jobs=seen,
+        continued=walk.continue_from,
+        parts=tuple(walk.parts),
+    )
     remaining = None if walk.deadline is None else walk.deadline - call.started
     try:
         if remaining is not None and remaining <= 0:
@@ -336,6 +359,8 @@ async def _call_once(
         return end, 0
     except asyncio.CancelledError:
         if run.cancel_reason:  # outrun by a hedge (else: the whole task is cancelled)
+            elapsed_ms = (loop.time() - call.started) * 1000
+            walk.board.latency.setdefault(provider.name, LatencyStats()).observe_outrun(elapsed_ms)
             cost = rules.prompt_cost(provider, walk.request)
             walk.extra_cost += cost
             walk.record(
@@ -362,7 +387,7 @@ def _drift(walk: _Walk, provider: ProviderSpec, completion: Completion) -> Provi
         walk.board.served_model[provider.name] = served
         walk.observer.on_model_drift(provider, served)
     if served and walk.chain.guards.require_configured_model:
-        return TransientError(
+        return ModelDriftError(
             f"answered as model {served!r}, not the configured {provider.model!r} "
             "(guards.requireConfiguredModel)"
         )
@@ -426,6 +451,7 @@ def _after_success(
     walk.board.observe_latency(provider.name, attempt.latency_ms, completion.output_tokens)
     end = _RunEnd(_End.SUCCESS, provider, completion=completion, number=number)
     end.is_terminus = is_terminus
+    end.continued, end.parts = call.continued, call.parts
     return end
 
 
@@ -456,16 +482,17 @@ def _start_next(walk: _Walk, *, hedge: bool) -> tuple[_Run, Awaitable[_RunEnd]] 
         if hedge and not rules.may_hedge_to(provider):
             return None
         walk.cursor += 1
-        is_terminus = index == last
-        _announce_move(walk, provider, hedge=hedge)
+        _consider(walk, provider, hedge=hedge)
+        if index == walk.resume_index:
+            # A job already submitted there: poll it, whatever its health says now.
+            return _prepare(walk, index, hedge=hedge)
         at = walk.now()
-        state = walk.board.get(provider.name)
         skip = rules.skip_for(
             provider,
-            state,
+            walk.board.get(provider.name),
             request=walk.request,
             now=at,
-            is_terminus=is_terminus,
+            is_terminus=index == last,
             trial_busy=provider.name in walk.board.trials,
         ) or rules.spill_for(index, walk.providers, walk.board, request=walk.request, now=at)
         if skip is not None:
@@ -481,35 +508,49 @@ def _start_next(walk: _Walk, *, hedge: bool) -> tuple[_Run, Awaitable[_RunEnd]] 
             prefix = "" if skip.outcome is AttemptOutcome.UNSUPPORTED else "skipped: "
             walk.reasons.append((provider.name, f"{prefix}{skip.reason}"))
             if skip.saturated:
+                walk.saturated.append(index)
                 walk.observer.on_saturated(provider, skip.reason)
             continue
-        run = _Run(
-            provider=provider,
-            hedged=hedge,
-            started=asyncio.get_running_loop().time(),
-            trial=state.benchings > 0 and not is_terminus,
-        )
-        _claim(walk, run)
-        return run, _run_provider(walk, run, is_terminus=is_terminus)
+        return _prepare(walk, index, hedge=hedge)
     return None
 
 
-def _announce_move(walk: _Walk, provider: ProviderSpec, *, hedge: bool) -> None:
-    """Failover (and spillover out of Sovereign) hooks when the walk moves on.
+def _prepare(walk: _Walk, index: int, *, hedge: bool) -> tuple[_Run, Awaitable[_RunEnd]]:
+    """Claim ``walk.providers[index]`` and build its run.
 
-    A hedge is no failover (the slow call goes on), but leaving Sovereign is a spillover.
+    Leaving Sovereign for a provider that really runs is a spillover (never said of a
+    provider that is then skipped).
     """
+    provider = walk.providers[index]
+    is_terminus = index == len(walk.providers) - 1
+    origin = walk.last_sovereign
+    if origin is not None and provider.privacy_tier is not PrivacyTier.SOVEREIGN:
+        walk.observer.on_spillover(origin, provider)
+        walk.last_sovereign = None  # said once per move out of the Sovereign tier
+    run = _Run(
+        provider=provider,
+        hedged=hedge,
+        started=asyncio.get_running_loop().time(),
+        trial=walk.board.get(provider.name).benchings > 0 and not is_terminus,
+    )
+    _claim(walk, run)
+    return run, _run_provider(walk, run, is_terminus=is_terminus)
+
+
+def _consider(walk: _Walk, provider: ProviderSpec, *, hedge: bool) -> None:
+    """The walk moves on to ``provider``: the failover hook, unless this is a hedge (the
+    slow call goes on) or the move only passed a saturated provider (no failure: the
+    Saturated/Spillover hooks say it)."""
     previous = walk.previous
     walk.previous = provider
-    if previous is None:
+    if previous is not None and previous.privacy_tier is PrivacyTier.SOVEREIGN:
+        walk.last_sovereign = previous
+    if previous is None or previous is provider or hedge:
         return
-    if not hedge:
-        walk.observer.on_failover(previous, provider, walk.reasons[-1][1] if walk.reasons else "")
-    if (
-        previous.privacy_tier is PrivacyTier.SOVEREIGN
-        and provider.privacy_tier is not PrivacyTier.SOVEREIGN
-    ):
-        walk.observer.on_spillover(previous, provider)
+    reason = walk.reasons[-1][1] if walk.reasons else ""
+    if reason.startswith("skipped: saturated"):
+        return
+    walk.observer.on_failover(previous, provider, reason)
 
 
 def _success(walk: _Walk, end: _RunEnd, started: float) -> ExecutionResult:
@@ -517,10 +558,11 @@ def _success(walk: _Walk, end: _RunEnd, started: float) -> ExecutionResult:
     loop = asyncio.get_running_loop()
     completion = end.completion
     parts: tuple[tuple[str, int], ...] = ()
-    if walk.parts and walk.continue_from is not None:
-        # A stitched answer: the cut streams' text, then this continuation.
-        parts = (*walk.parts, (end.provider.name, len(completion.text)))
-        completion = replace(completion, text=walk.continue_from + completion.text)
+    if end.parts and end.continued is not None:
+        # A stitched answer: the cut text this very call was asked to continue, then its
+        # continuation (a hedge that answered from scratch is never stitched).
+        parts = (*end.parts, (end.provider.name, len(completion.text)))
+        completion = replace(completion, text=end.continued + completion.text)
     return ExecutionResult(
         attempts=tuple(walk.attempts),
         completion=completion,
@@ -657,6 +699,8 @@ def _new_walk(
     if resume is not None and resume.provider is not None and resume.provider in names:
         walk.cursor = names.index(resume.provider)
         walk.resume_job = resume.job_id
+        if resume.job_id is not None:
+            walk.resume_index = walk.cursor
     return walk
 
 
@@ -672,26 +716,50 @@ def _no_provider_message(chain: ProviderChainSpec, eligible: Sequence[str]) -> s
 def _wait_message(walk: _Walk, wait: rules.Wait, *, now: float) -> str:
     return (
         f"all {len(walk.providers)} eligible providers are cooling down; waiting for "
-        f"{wait.provider} until {utc(wait.until).isoformat()} ({wait.until - now:.1f}s)"
+        f"{wait.provider} until {utc(wait.until).isoformat()}"
     )
+
+
+class _Runs:
+    """The runs of one race in flight, and how new ones start."""
+
+    def __init__(self, walk: _Walk) -> None:
+        self.walk = walk
+        self.running: dict[asyncio.Task[_RunEnd], _Run] = {}
+
+    def launch(self, *, as_hedge: bool) -> _Run | None:
+        """Start the next provider the walk does not skip (None when none is left)."""
+        prepared = _start_next(self.walk, hedge=as_hedge)
+        if prepared is None:
+            return None
+        run, coroutine = prepared
+        self.running[asyncio.ensure_future(coroutine)] = run
+        return run
+
+    def launch_saturated(self) -> _Run | None:
+        """Everything after a saturated provider failed or was skipped: queue there."""
+        walk = self.walk
+        if not walk.saturated:
+            return None
+        index = walk.saturated.pop(0)
+        _consider(walk, walk.providers[index], hedge=False)
+        run, coroutine = _prepare(walk, index, hedge=False)
+        self.running[asyncio.ensure_future(coroutine)] = run
+        return run
+
+    def next(self) -> bool:
+        """Start the walk's next provider, or a saturated one it passed; False if none."""
+        return self.launch(as_hedge=False) is not None or self.launch_saturated() is not None
 
 
 async def _race(walk: _Walk, hedge: HedgeSpec | None, started: float) -> ExecutionResult:
     """Run providers one after another, plus hedges racing a slow one; first answer wins."""
     loop = asyncio.get_running_loop()
-    running: dict[asyncio.Task[_RunEnd], _Run] = {}
+    runs = _Runs(walk)
+    running = runs.running
     extras = 0
-
-    def launch(*, as_hedge: bool) -> _Run | None:
-        prepared = _start_next(walk, hedge=as_hedge)
-        if prepared is None:
-            return None
-        run, coroutine = prepared
-        running[asyncio.ensure_future(coroutine)] = run
-        return run
-
     try:
-        if launch(as_hedge=False) is None:
+        if not runs.next():
             return _exhausted(walk)
         while running:
             timer = _hedge_timer(walk, hedge, running, extras, loop.time())
@@ -699,29 +767,51 @@ async def _race(walk: _Walk, hedge: HedgeSpec | None, started: float) -> Executi
                 running, timeout=timer, return_when=asyncio.FIRST_COMPLETED
             )
             if not done:
-                primary = max(running.values(), key=lambda r: r.started).provider
-                hedged = launch(as_hedge=True)
+                latest = max(running.values(), key=lambda r: r.started)
+                hedged = runs.launch(as_hedge=True)
                 extras += 1  # counted even when nothing could start: no second try
                 if hedged is not None:
-                    walk.observer.on_hedge(primary, hedged.provider, timer or 0.0)
+                    waited = loop.time() - latest.started
+                    walk.observer.on_hedge(latest.provider, hedged.provider, waited)
                 continue
-            ends = [(task.result(), running.pop(task)) for task in done]
-            ends.sort(key=lambda pair: pair[0].end is not _End.SUCCESS)
-            end, _run = ends[0]
-            if end.end is _End.SUCCESS:
-                await _cancel_all(walk, running, f"cancelled: {end.provider.name} answered first")
-                return _success(walk, end, started)
-            failed = next((e for e, _ in ends if e.end is _End.FAIL), None)
-            if failed is not None:
-                await _cancel_all(
-                    walk, running, f"cancelled: the task failed ({failed.failure_reason})"
-                )
-                return walk.failed(failed.failure_reason, failed.failure_message)
-            if not running and launch(as_hedge=False) is None:
+            result = await _settle(walk, done, runs, started)
+            if result is not None:
+                return result
+            if not running and not runs.next():
                 break
     finally:
         await _cancel_all(walk, running, "")
     return _exhausted(walk)
+
+
+async def _settle(
+    walk: _Walk, done: set[asyncio.Task[_RunEnd]], runs: _Runs, started: float
+) -> ExecutionResult | None:
+    """What the runs that just ended mean for the task: its result, or None to go on.
+
+    An answer wins and cancels the rest. A failure (bad request, content policy) ends the
+    task only when nothing else is racing, or at once for the task's own deadline;
+    while a hedge races it is kept, and returned if nothing answers.
+    """
+    ends = [task.result() for task in done]
+    for task in done:
+        runs.running.pop(task, None)
+    still = runs.running
+    ends.sort(key=lambda end: end.end is not _End.SUCCESS)
+    if ends[0].end is _End.SUCCESS:
+        await _cancel_all(walk, still, f"cancelled: {ends[0].provider.name} answered first")
+        return _success(walk, ends[0], started)
+    failed = next((end for end in ends if end.end is _End.FAIL), None)
+    if failed is not None and (failed.failure_reason == "DeadlineExceeded" or not still):
+        await _cancel_all(walk, still, f"cancelled: the task failed ({failed.failure_reason})")
+        return walk.failed(failed.failure_reason, failed.failure_message)
+    if failed is not None:
+        walk.pending_failure = walk.pending_failure or failed
+        return None
+    if not still and walk.pending_failure is not None:
+        pending = walk.pending_failure
+        return walk.failed(pending.failure_reason, pending.failure_message)
+    return None
 
 
 def _hedge_timer(
@@ -735,6 +825,8 @@ def _hedge_timer(
     if hedge is None or extras >= hedge.max_extra or walk.cursor >= len(walk.providers):
         return None
     latest = max(running.values(), key=lambda r: r.started)
+    if not rules.may_hedge_to(latest.provider):
+        return None  # a job is not raced: the winner could not cancel it
     delay = rules.hedge_delay(hedge, walk.board.latency.get(latest.provider.name))
     if delay is None:
         return None

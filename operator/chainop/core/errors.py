@@ -125,7 +125,14 @@ class IncompleteReplyError(TransientError):
 
 class FirstTokenTimeoutError(TransientError):
     """A streamed call sent no token within ``firstTokenTimeoutSeconds``: the signature
-    of a hung engine, so it counts against the provider (and as wedge evidence)."""
+    of a hung engine, so it counts against the provider (and as wedge evidence), and the
+    chain advances at once rather than retrying the same hung engine."""
+
+
+class ModelDriftError(TransientError):
+    """A reply named another model while ``guards.requireConfiguredModel`` is set:
+    counted against the provider, and the chain advances at once (the same server
+    would answer as the same other model again)."""
 
 
 class ModelNotFoundError(ProviderError):

@@ -37,6 +37,13 @@ class LatencyStats:
         if output_tokens > 0:
             self.ewma_ms_per_token = _ewma(self.ewma_ms_per_token, latency_ms / output_tokens)
 
+    def observe_outrun(self, elapsed_ms: float) -> None:
+        """A call cancelled after ``elapsed_ms`` because a hedge answered first: its
+        latency was at least that. Kept in the window (so the slow tail stays in the
+        percentile a hedge waits for) but not in the EWMA, which takes whole answers."""
+        if math.isfinite(elapsed_ms) and elapsed_ms >= 0:
+            self.window.append(elapsed_ms)
+
     @property
     def score(self) -> float | None:
         """What adaptive order sorts by: ms per token when known, else ms per call."""

@@ -18,6 +18,8 @@ from chainop.core import load as load_rules
 from chainop.core.board import HealthBoard
 from chainop.core.errors import (
     ContentPolicyError,
+    FirstTokenTimeoutError,
+    ModelDriftError,
     ModelNotFoundError,
     ProviderError,
     QuotaExhaustedError,
@@ -156,10 +158,13 @@ def spill_for(
     why = saturation_of(providers[index], board, now=now)
     if why is None:
         return None
-    for later in providers[index + 1 :]:
+    last = len(providers) - 1
+    for offset, later in enumerate(providers[index + 1 :], start=index + 1):
         state = board.get(later.name)
         if state.excluded or state.is_benched(now):
             continue
+        if state.benchings > 0 and offset != last and later.name in board.trials:
+            continue  # its half-open trial is taken: the walk would skip it too
         if capability_miss(later, request) is not None:
             continue
         if saturation_of(later, board, now=now) is not None:
@@ -213,6 +218,8 @@ def react(
         outcome = board.failure(provider, error, now=now)
         if outcome.benched:
             return Verdict(Next.ADVANCE, benched=outcome)
+        if isinstance(error, FirstTokenTimeoutError | ModelDriftError):
+            return Verdict(Next.ADVANCE)  # counted; retrying the same server is futile
         # Benched meanwhile (by a concurrent task): do not retry it, advance.
         benched_now = not is_terminus and outcome.health.is_benched(now)
         if retries_left > 0 and not benched_now:

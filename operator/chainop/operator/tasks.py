@@ -462,7 +462,7 @@ class TaskRunner:
                 start=start,
                 phase=TaskPhase.FAILED,
                 reason=stop.reason,
-                message=stop.message,
+                message=REDACTOR.scrub(stop.message),
             )
             return
         decision = routing.decide(chain.spec, spec, active_order=chain.active_order())
@@ -508,7 +508,10 @@ class TaskRunner:
                 return previous, trip
         for trip in trips:
             said = conditions.get_condition(previous.conditions, "GuardWarning")
-            if said is not None and (said.reason, said.message) == (trip.reason, trip.message):
+            if said is not None and (said.reason, said.message) == (
+                trip.reason,
+                REDACTOR.scrub(trip.message),
+            ):
                 continue  # a later run of the same task: already said
             counter.labels(ref.namespace, chain.name, trip.reason, trip.action.value).inc()
             self.runtime.event(
@@ -519,7 +522,7 @@ class TaskRunner:
                 type="GuardWarning",
                 status="True",
                 reason=trip.reason,
-                message=trip.message,
+                message=REDACTOR.scrub(trip.message),
                 now=_time(self.runtime.clock()),
                 observed_generation=ref.generation,
             )
@@ -717,6 +720,12 @@ class TaskRunner:
         assert result.wait is not None
         now = self.runtime.clock()
         message = result.failure_message
+        # The timer first: a write that fails (API unavailable) must not leave the task
+        # parked with nothing to wake it (its deadline timer was cancelled when it ran).
+        self._cancel_deadline(ref.uid)
+        self.deadline_timers[ref.uid] = asyncio.get_running_loop().call_later(
+            max(result.wait.until - now, 0.0) + 0.05, self._wake, body
+        )
         existing = conditions.get_condition(previous.conditions, PROGRESSING)
         waiting = previous
         if (
@@ -746,17 +755,17 @@ class TaskRunner:
                 }
             )
             if not await self.write(ref, waiting):
-                return
+                return  # gone (the timer finds nothing to do), or retried at the wake
             self.runtime.metrics.task_waits.labels(ref.namespace, chain.name).inc()
             self.runtime.event(
                 ref.object_ref, type="Normal", reason="WaitingForProvider", message=message
             )
-        # Run again when the cooldown ends, from the status just written.
-        again = {**body, "status": waiting.model_dump(by_alias=True, mode="json")}
-        self._cancel_deadline(ref.uid)
-        self.deadline_timers[ref.uid] = asyncio.get_running_loop().call_later(
-            max(result.wait.until - now, 0.0) + 0.05, self._wake, again
-        )
+            # Run again when the cooldown ends, from the status just written.
+            again = {**body, "status": waiting.model_dump(by_alias=True, mode="json")}
+            self._cancel_deadline(ref.uid)
+            self.deadline_timers[ref.uid] = asyncio.get_running_loop().call_later(
+                max(result.wait.until - now, 0.0) + 0.05, self._wake, again
+            )
 
     async def conclude(
         self,
