@@ -16,7 +16,8 @@ from chainop.core import errors as core_errors
 from chainop.core.calls import CallContext, Completion
 from chainop.core.models import ProviderSpec, RequestSpec
 from chainop.providers import errors
-from chainop.providers.http import Wire
+from chainop.providers.http import Reply, Wire
+from chainop.providers.stream import Assembler
 
 
 class Adapter(Protocol):
@@ -45,6 +46,38 @@ def join_url(endpoint: str, path: str) -> str:
 def request_timeout(provider: ProviderSpec, context: CallContext) -> float:
     """One request's budget: the provider's own timeout, cut short by the caller's."""
     return min(provider.timeout_seconds, context.timeout)
+
+
+async def post_completion(
+    wire: Wire,
+    provider: ProviderSpec,
+    context: CallContext,
+    *,
+    url: str,
+    body: Any,
+    headers: Mapping[str, str],
+    assembler: Assembler | None,
+) -> Reply | Completion:
+    """POST one completion request: streamed into ``assembler`` when there is one (the
+    provider ``streams()``), else read whole. A streamed call returns its assembled
+    Completion, unless the server answered with something other than an event stream;
+    the caller classifies and parses a :class:`Reply` in its protocol's way."""
+    secrets = (context.api_key,)
+    timeout = request_timeout(provider, context)
+    if assembler is not None:
+        return await wire.stream(
+            "POST",
+            url,
+            timeout=timeout,
+            first_token_timeout=provider.first_token_timeout_seconds,
+            assembler=assembler,
+            headers=headers,
+            json_body=body,
+            secrets=secrets,
+        )
+    return await wire.request(
+        "POST", url, timeout=timeout, headers=headers, json_body=body, secrets=secrets
+    )
 
 
 def bearer_headers(api_key: str | None) -> dict[str, str]:

@@ -42,7 +42,7 @@ from chainop.core import errors as core_errors
 from chainop.core.calls import CallContext, Completion
 from chainop.core.models import Message, MessageRole, ProviderSpec, RequestSpec, ToolCall
 from chainop.providers import base, errors, stream
-from chainop.providers.http import Reply, Wire
+from chainop.providers.http import Wire
 
 #: The user turn that follows a cut stream's partial text when another provider is asked
 #: to continue it (the caller stitches the two parts, so repeating would duplicate text).
@@ -382,30 +382,21 @@ class OpenAIAdapter:
         body = build_body(
             provider, request, stream_reply=streamed, continue_from=context.continue_from
         )
-        reply: Reply | Completion
-        if streamed:
-            reply = await wire.stream(
-                "POST",
-                url,
-                timeout=base.request_timeout(provider, context),
-                first_token_timeout=provider.first_token_timeout_seconds,
-                assembler=ChunkAssembler(
-                    model=provider.model, max_tokens=request.max_tokens, secrets=secrets
-                ),
-                headers=self.headers(context.api_key),
-                json_body=body,
-                secrets=secrets,
-            )
-            if isinstance(reply, Completion):
-                return reply
-        else:
-            reply = await wire.request(
-                "POST",
-                url,
-                timeout=base.request_timeout(provider, context),
-                headers=self.headers(context.api_key),
-                json_body=body,
-                secrets=secrets,
-            )
+        assembler = (
+            ChunkAssembler(model=provider.model, max_tokens=request.max_tokens, secrets=secrets)
+            if streamed
+            else None
+        )
+        reply = await base.post_completion(
+            wire,
+            provider,
+            context,
+            url=url,
+            body=body,
+            headers=self.headers(context.api_key),
+            assembler=assembler,
+        )
+        if isinstance(reply, Completion):
+            return reply
         reply.raise_for_status(model=provider.model, secrets=secrets)
         return parse_reply(reply.json_object(), max_tokens=request.max_tokens)
