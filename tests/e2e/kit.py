@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from chainop.core.models import GROUP, VERSION
 from chainop.testing.cluster import KubeApi
@@ -220,13 +222,30 @@ class Kit:
         return status
 
 
-def ready_condition(obj: dict[str, Any]) -> dict[str, Any]:
-    """The Ready condition of a chain ({} if none)."""
-    for condition in (obj.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "Ready":
-            result: dict[str, Any] = condition
+def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    """One condition of an object's status ({} if none)."""
+    for entry in (obj.get("status") or {}).get("conditions") or []:
+        if entry.get("type") == kind:
+            result: dict[str, Any] = entry
             return result
     return {}
+
+
+def ready_condition(obj: dict[str, Any]) -> dict[str, Any]:
+    """The Ready condition of a chain ({} if none)."""
+    return condition(obj, "Ready")
+
+
+def operator_metric(port: int, name: str, **labels: str) -> float:
+    """The sum of an operator metric's samples whose labels include ``labels``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def outcomes(status: dict[str, Any]) -> list[tuple[str, str]]:

@@ -23,13 +23,11 @@ what they received is read from their own counters, never from timing.
 from __future__ import annotations
 
 import json
-import urllib.request
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.kit import TASKS, Kit, outcomes
+from tests.e2e.kit import TASKS, Kit, condition, operator_metric, outcomes
 
 pytestmark = pytest.mark.cluster
 
@@ -60,27 +58,6 @@ def agent_request(calls: list[dict[str, Any]], *, tools: bool = True) -> dict[st
             }
         ]
     return request
-
-
-def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
-    """One condition of an object's status ({} if none)."""
-    for entry in (obj.get("status") or {}).get("conditions") or []:
-        if entry.get("type") == kind:
-            result: dict[str, Any] = entry
-            return result
-    return {}
-
-
-def operator_metric(port: int, name: str, **labels: str) -> float:
-    """The sum of an operator metric's samples whose labels include ``labels``."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 def generation_calls(*backends: Any) -> int:

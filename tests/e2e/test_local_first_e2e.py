@@ -27,15 +27,13 @@ from __future__ import annotations
 
 import json
 import socket
-import urllib.request
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from chainop.testing.fake_backend import FakeBackendThread
-from tests.e2e.kit import CHAINS, TASKS, Kit, outcomes
+from tests.e2e.kit import CHAINS, TASKS, Kit, condition, operator_metric, outcomes
 
 pytestmark = pytest.mark.cluster
 
@@ -63,27 +61,6 @@ def engine(backend: FakeBackendThread) -> dict[str, Any]:
     """The fake's queue as it knows it: running, waiting, max_concurrency."""
     result: dict[str, Any] = backend.stats()["engine"]
     return result
-
-
-def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
-    """One condition of an object's status ({} if none)."""
-    for entry in (obj.get("status") or {}).get("conditions") or []:
-        if entry.get("type") == kind:
-            result: dict[str, Any] = entry
-            return result
-    return {}
-
-
-def operator_counter(port: int, name: str, **labels: str) -> float:
-    """The sum of an operator metric's samples whose labels include ``labels``."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 # --------------------------------------------------------------------------- spillover
@@ -170,7 +147,7 @@ def test_saturated_local_provider_spills_allowed_tasks_and_keeps_local_ones(
     kit.wait_until(
         lambda: "Spillover" in kit.event_reasons(spilled[0]), what="a Spillover Event on a task"
     )
-    skips = operator_counter(
+    skips = operator_metric(
         operator.metrics_port,
         "chainop_saturated_skips_total",
         namespace=kit.namespace,

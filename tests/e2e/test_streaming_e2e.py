@@ -31,15 +31,13 @@ No wall-clock assertions on the test's own timing: bounds are checked on the att
 from __future__ import annotations
 
 import sys
-import urllib.request
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from chainop.testing.cluster import free_port
 from chainop.testing.fake_backend import FakeBackendControl, FakeBackendThread
-from tests.e2e.kit import CHAINS, Kit, outcomes
+from tests.e2e.kit import CHAINS, Kit, operator_metric, outcomes
 
 pytestmark = pytest.mark.cluster
 
@@ -69,18 +67,6 @@ def streamed_request(backend: FakeBackendThread, protocol: str) -> dict[str, Any
     """The JSON body of the last generation request the backend received."""
     body: dict[str, Any] = backend.stats()["last_request"][ROUTE[protocol]]["json"]
     return body
-
-
-def metric(port: int, name: str, **labels: str) -> float:
-    """The sum of an operator metric's samples whose labels include ``labels``."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 # --------------------------------------------------------------------------- first token
@@ -132,7 +118,7 @@ def test_provider_stalled_before_its_first_token_is_abandoned_within_the_bound(
     )
     assert kit.provider_status("default", "good").get("consecutiveFailures", 0) == 0
     # ... and the first token of the answer observed by the histogram.
-    observed = metric(
+    observed = operator_metric(
         operator.metrics_port,
         "chainop_first_token_seconds_count",
         namespace=kit.namespace,
