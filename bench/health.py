@@ -29,7 +29,6 @@ from typing import Any
 from bench.operator import (
     CHAINS,
     GROUP,
-    PY,
     VERSION,
     DeploymentWatch,
     Namespace,
@@ -37,9 +36,9 @@ from bench.operator import (
     api,
     ensure_crds,
     loadavg,
+    operator_process,
     supervised_vllm_chain,
 )
-from chainop.testing.cluster import ProcessRunner, free_port
 
 MODEL = "qwen2.5-7b-instruct"
 KINDS = ("killed", "503", "hung engine", "drifted model")
@@ -81,15 +80,7 @@ def run(args: Any, logs: Path) -> dict[str, Any]:
         )  # fmt: skip
         chains = Watcher(api_client, GROUP, VERSION, CHAINS, ns, lambda o: False)
         deps = DeploymentWatch(apps, ns, "vllm")
-        metrics_port = free_port()
-        op = ProcessRunner(
-            [
-                *(PY, "-m", "chainop", "run", "-n", ns, "--metrics-port", str(metrics_port)),
-                *("--metrics-address", "127.0.0.1", "--liveness", ""),
-                *("--tick", str(args.heal_tick), "--log-format", "plain"),
-            ],
-            log_path=logs / f"chainop-{ns}.log",
-        )
+        op, _ = operator_process(ns, tick=args.heal_tick, log_path=logs / f"chainop-{ns}.log")
 
         def vllm(last: dict[str, Any]) -> dict[str, Any]:
             st = (last.get("health") or {}).get("status") or {}

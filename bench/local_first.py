@@ -432,9 +432,9 @@ def operator_run(
         api,
         custom,
         loadavg,
+        operator_process,
         task_done,
     )
-    from chainop.testing.cluster import ProcessRunner, free_port
 
     api_client = api()
     k = custom(api_client)
@@ -445,14 +445,8 @@ def operator_run(
         )
         chains = Watcher(api_client, GROUP, VERSION, CHAINS, ns, lambda o: False)
         tasks = Watcher(api_client, GROUP, VERSION, TASKS, ns, task_done)
-        metrics_port = free_port()
-        op = ProcessRunner(
-            [
-                *(PY, "-m", "chainop", "run", "-n", ns, "--metrics-port", str(metrics_port)),
-                *("--metrics-address", "127.0.0.1", "--liveness", ""),
-                *("--tick", str(args.lf_tick), "--log-format", "plain"),
-            ],
-            log_path=logs / f"chainop-{key}.log",
+        op, metrics_port = operator_process(
+            ns, tick=args.lf_tick, log_path=logs / f"chainop-{key}.log"
         )
         try:
             with op:

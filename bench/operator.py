@@ -582,6 +582,22 @@ def throughput(args: Any, logs: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- self-healing
 
 
+def operator_process(namespace: str, *, tick: float, log_path: Path) -> tuple[ProcessRunner, int]:
+    """chainop watching ``namespace``, its metrics on a free port of 127.0.0.1, liveness
+    off, plain logs: how every section that measures the operator runs it (not started
+    yet: use it as a context manager). Returns the runner and the metrics port."""
+    metrics_port = free_port()
+    runner = ProcessRunner(
+        [
+            *(PY, "-m", "chainop", "run", "-n", namespace, "--metrics-port", str(metrics_port)),
+            *("--metrics-address", "127.0.0.1", "--liveness", ""),
+            *("--tick", str(tick), "--log-format", "plain"),
+        ],
+        log_path=log_path,
+    )
+    return runner, metrics_port
+
+
 def supervised_vllm_chain(
     api_client: Any,
     sup: Any,
@@ -682,15 +698,7 @@ def healing(args: Any, logs: Path) -> dict[str, Any]:
         )  # fmt: skip
         chains = Watcher(api_client, GROUP, VERSION, CHAINS, ns, lambda o: False)
         deps = DeploymentWatch(apps, ns, "vllm")
-        metrics_port = free_port()
-        op = ProcessRunner(
-            [
-                *(PY, "-m", "chainop", "run", "-n", ns, "--metrics-port", str(metrics_port)),
-                *("--metrics-address", "127.0.0.1", "--liveness", ""),
-                *("--tick", str(args.heal_tick), "--log-format", "plain"),
-            ],
-            log_path=logs / f"chainop-{ns}.log",
-        )
+        op, _ = operator_process(ns, tick=args.heal_tick, log_path=logs / f"chainop-{ns}.log")
 
         def vllm_state(last: dict[str, Any]) -> tuple[str, list[str]]:
             st = (last.get("heal") or {}).get("status") or {}
@@ -827,14 +835,8 @@ def scale(args: Any, logs: Path) -> dict[str, Any]:
         if not line.startswith("ready"):
             raise RuntimeError(f"backends did not start: {line!r}")
         with Namespace("bench-scale") as ns:
-            metrics_port = free_port()
-            op = ProcessRunner(
-                [
-                    *(PY, "-m", "chainop", "run", "-n", ns, "--metrics-port", str(metrics_port)),
-                    *("--metrics-address", "127.0.0.1", "--liveness", ""),
-                    *("--tick", str(args.tick), "--log-format", "plain"),
-                ],
-                log_path=logs / f"chainop-{ns}.log",
+            op, metrics_port = operator_process(
+                ns, tick=args.tick, log_path=logs / f"chainop-{ns}.log"
             )
             with op:
                 op.wait_for_log(r"chainop started", timeout=60)
