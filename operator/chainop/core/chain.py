@@ -650,7 +650,7 @@ async def execute(
             return ExecutionResult(
                 attempts=tuple(walk.attempts),
                 failure_reason="WaitingForProvider",
-                failure_message=_wait_message(walk, wait, now=at),
+                failure_message=_wait_message(walk, wait),
                 wait=wait,
             )
     return await _race(walk, hedge, started)
@@ -713,7 +713,7 @@ def _no_provider_message(chain: ProviderChainSpec, eligible: Sequence[str]) -> s
     return "no provider is eligible"
 
 
-def _wait_message(walk: _Walk, wait: rules.Wait, *, now: float) -> str:
+def _wait_message(walk: _Walk, wait: rules.Wait) -> str:
     return (
         f"all {len(walk.providers)} eligible providers are cooling down; waiting for "
         f"{wait.provider} until {utc(wait.until).isoformat()}"
