@@ -115,6 +115,7 @@ class ProviderState(enum.StrEnum):
     COOLING_DOWN = "CoolingDown"
     UNHEALTHY = "Unhealthy"
     EXCLUDED = "Excluded"
+    DRAINED = "Drained"
 
 
 class ComplexityHint(enum.StrEnum):
@@ -621,6 +622,31 @@ class GuardsSpec(_Model):
     )
 
 
+class ProviderDrain(_Model):
+    """A provider taken out of service by hand (``kubectl chainop drain``), in the spec.
+
+    In the spec rather than in status so that it is declarative: GitOps tools see it, and
+    it survives operator restarts and replica changes. An entry whose ``until`` has passed
+    is no longer in effect; chainop leaves the spec alone (it never edits what users own).
+    """
+
+    provider: str = Field(
+        min_length=1, max_length=63, description="Name of the drained provider (spec.providers)."
+    )
+    reason: str = Field(default="", max_length=256, description="Why, in the drainer's words.")
+    by: str = Field(
+        default="", max_length=128, description="Who drained it (the plugin records the user)."
+    )
+    since: datetime | None = Field(default=None, description="When it was drained.")
+    until: datetime | None = Field(
+        default=None, description="When the drain ends by itself; absent: until undrained."
+    )
+
+    def active(self, now: datetime) -> bool:
+        """In effect at ``now``: no end, or an end still ahead."""
+        return self.until is None or now < self.until
+
+
 class ProviderChainSpec(_Model):
     """An ordered chain of LLM providers: head first, the last one is the terminus."""
 
@@ -672,6 +698,14 @@ class ProviderChainSpec(_Model):
     guards: GuardsSpec = Field(
         default_factory=GuardsSpec,
         description="Agent guards: tool-call count, tool loops, model drift.",
+    )
+    drains: list[ProviderDrain] = Field(
+        default_factory=list,
+        max_length=32,
+        description=(
+            "Providers taken out of service by hand (kubectl chainop drain): skipped like "
+            "an Excluded provider and never restarted, shown as state Drained."
+        ),
     )
 
     @model_validator(mode="after")
@@ -793,6 +827,9 @@ class ProviderStatus(_StatusModel):
     )
     load: LoadStatus | None = Field(
         default=None, description="The last load-signal reading (providers with loadSignal)."
+    )
+    drain: ProviderDrain | None = Field(
+        default=None, description="The drain in effect (state Drained): who, why, until."
     )
 
 
