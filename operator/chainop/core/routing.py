@@ -20,14 +20,17 @@ DESIGN.md's six rules, in strict precedence:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
 
+from chainop.core import drains as drain_rules
 from chainop.core.models import (
     PRIVACY_ORDER,
     DelegatedTaskSpec,
     PrivacyTier,
     ProviderChainSpec,
+    ProviderDrain,
     ProviderSpec,
     Strategy,
 )
@@ -60,17 +63,41 @@ def decide(
     task: DelegatedTaskSpec,
     *,
     active_order: Sequence[str] | None = None,
+    now: datetime | None = None,
 ) -> RoutingDecision:
     """Apply the six routing rules. Purely computational, no side effects.
 
     ``active_order`` is the chain's ``status.activeOrder`` (Excluded providers left out);
     None means the spec's order. Names in it that the spec does not know are ignored.
+    Providers drained by hand at ``now`` (``spec.drains``, see ``chainop.core.drains``)
+    are left out too — the terminus included: a drain is a human's explicit intent, so
+    the last provider still in service is the terminus — and the reason names them.
+    ``now`` None (no clock at hand, e.g. an offline preview) counts every drain entry.
     """
     by_name = {p.name: p for p in chain.providers}
     if active_order is None:
         order = [p.name for p in chain.providers]
     else:
         order = [name for name in active_order if name in by_name]
+    drained = drain_rules.in_effect(chain, now=now)
+    decision = _decide(chain, task, [n for n in order if n not in drained], drained=drained)
+    if not drained:
+        return decision
+    # Who the same rule would have admitted without drains: the ones to name as skipped.
+    admitted = _decide(chain, task, order, drained={}).providers
+    note = drain_rules.terminus_note(admitted, drained)
+    return replace(decision, reason=decision.reason + note)
+
+
+def _decide(
+    chain: ProviderChainSpec,
+    task: DelegatedTaskSpec,
+    order: list[str],
+    *,
+    drained: Mapping[str, ProviderDrain],
+) -> RoutingDecision:
+    """The six rules over ``order`` (the providers in service, in order)."""
+    by_name = {p.name: p for p in chain.providers}
     routing = task.routing
     preferred = routing.preferred_provider.strip()
 
@@ -105,9 +132,10 @@ def decide(
                 rule=4,
                 local_only=False,
             )
+        why = "drained" if preferred in drained else "excluded"
         return RoutingDecision(
             providers=tuple(order),
-            reason=f"preferredProvider={preferred} is excluded; using the active order",
+            reason=f"preferredProvider={preferred} is {why}; using the active order",
             rule=4,
             local_only=False,
         )
@@ -115,7 +143,7 @@ def decide(
     if preferred in ("", "auto"):
         reason = "preferredProvider=auto: active order"
         if not order:
-            reason += "; every provider is excluded"
+            reason += "; every provider is excluded" if not drained else "; no provider is left"
         return RoutingDecision(providers=tuple(order), reason=reason, rule=5, local_only=False)
     # Rule 6.
     return local_only(f"unknown preferredProvider={preferred} → fail-safe", 6)

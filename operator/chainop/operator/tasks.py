@@ -465,7 +465,9 @@ class TaskRunner:
                 message=REDACTOR.scrub(stop.message),
             )
             return
-        decision = routing.decide(chain.spec, spec, active_order=chain.active_order())
+        decision = routing.decide(
+            chain.spec, spec, active_order=chain.active_order(), now=_time(self.runtime.clock())
+        )
         decision = routing.apply_strategy(chain.spec, decision)
         decision = adaptive.adapt(chain.spec, decision, chain.board.latency)
         decided = Decision(
