@@ -133,6 +133,15 @@ def test_everything_eligible_drained_leaves_nothing_and_says_so():
     assert "not even for the terminus" in decision.reason
 
 
+def test_a_decision_from_status_active_order_still_names_the_drained():
+    spec = drained_chain({"provider": "openai", "by": "alice"})
+    from_status = ["local-vllm", "private-eu"]  # status.activeOrder leaves Drained out
+    decision = routing.decide(spec, task(AUTO), active_order=from_status, now=NOW)
+    assert decision.providers == ("local-vllm", "private-eu")
+    assert "skipped: openai (by alice" in decision.reason
+    assert "private-eu, the last one in service, is the terminus" in decision.reason
+
+
 def test_rule4_naming_a_drained_provider_uses_the_active_order():
     spec = drained_chain({"provider": "openai"})
     decision = routing.decide(spec, task({**AUTO, "preferredProvider": "openai"}), now=NOW)

@@ -84,7 +84,10 @@ def decide(
     if not drained:
         return decision
     # Who the same rule would have admitted without drains: the ones to name as skipped.
-    admitted = _decide(chain, task, order, drained={}).providers
+    # Drained providers count even when the given order lacks them (status.activeOrder
+    # already leaves them out), so a decision made from status still names them.
+    undrained_order = [p.name for p in chain.providers if p.name in order or p.name in drained]
+    admitted = _decide(chain, task, undrained_order, drained={}).providers
     note = drain_rules.terminus_note(admitted, drained)
     return replace(decision, reason=decision.reason + note)
 
