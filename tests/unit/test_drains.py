@@ -23,13 +23,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from chainop.core import drains, routing, status
+from chainop.core import drains, healing, routing, status
 from chainop.core.health import ProviderHealth
 from chainop.core.models import (
     ProviderChainSpec,
     ProviderChainStatus,
     ProviderDrain,
     ProviderState,
+    RecoverySpec,
 )
 from chainop.kube.client import ObjectRef
 from chainop.metrics import Metrics
@@ -289,7 +290,8 @@ def test_events_derive_from_status_so_a_restart_neither_repeats_nor_misses_one()
     written = ProviderChainStatus.model_validate(build(spec).model_dump(by_alias=True, mode="json"))
     posted: list[tuple[str, str]] = []
 
-    def post(ref, *, type, reason, message):
+    def post(ref, *, type, reason, message, dedupe=True):
+        assert not dedupe  # once per transition by status; no 30 s window on top
         posted.append((reason, message))
 
     metrics = Metrics(CollectorRegistry())
@@ -332,7 +334,7 @@ def test_an_unknown_provider_drain_warns_once():
             previous_conditions=previous,
             built=built,
             now=T0,
-            post=lambda ref, *, type, reason, message: posted.append(f"{type}/{reason}"),
+            post=lambda ref, *, type, reason, message, **_: posted.append(f"{type}/{reason}"),
             metrics=metrics,
         )
     assert posted == ["Warning/DrainIgnored"]
@@ -341,14 +343,41 @@ def test_an_unknown_provider_drain_warns_once():
 # --------------------------------------------------------------------------- probes
 
 
+RECOVERY = RecoverySpec.model_validate({"initialSeconds": 1, "maxSeconds": 8})
+
+
+def probe(health: ProviderHealth, *, now: float, ok: bool) -> ProviderHealth:
+    return drains.observe_probe(
+        health,
+        now=now,
+        ok=ok,
+        latency_ms=7 if ok else None,
+        error="" if ok else "boom",
+        recovery=RECOVERY,
+    )
+
+
 def test_probes_of_a_drained_provider_never_make_it_unhealthy():
     health = ProviderHealth(name="a")
     for _ in range(10):
-        health = drain_ops.observe_probe(health, now=T0, ok=False, latency_ms=None, error="boom")
+        health = probe(health, now=T0, ok=False)
     assert health.consecutive_probe_failures == 10
     assert not health.unhealthy
     assert not health.excluded
     assert health.last_error == "boom"
-    health = drain_ops.observe_probe(health, now=T0 + 1, ok=True, latency_ms=7, error="")
+    health = probe(health, now=T0 + 1, ok=True)
     assert (health.consecutive_probe_failures, health.last_error) == (0, "")
     assert health.last_probe_latency_ms == 7
+
+
+def test_an_excluded_drained_provider_backs_off_and_is_restored_quietly():
+    excluded = healing.exclude(ProviderHealth(name="a", unhealthy=True), now=T0, recovery=RECOVERY)
+    due = excluded.next_recovery_time
+    assert due is not None
+    failed = probe(excluded, now=due, ok=False)
+    assert failed.next_recovery_time is not None
+    assert failed.next_recovery_time > due  # never due again at once: no hot loop
+    assert not healing.recovery_due(failed, now=due + 0.5)
+    restored = probe(failed, now=due + 5, ok=True)
+    assert not restored.excluded
+    assert not restored.unhealthy

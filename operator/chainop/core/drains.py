@@ -28,15 +28,18 @@ from the spec and ``now`` alone, never from memory, and chainop never edits the 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from chainop.core import healing
+from chainop.core.health import ProviderHealth
 from chainop.core.models import (
     ProviderChainSpec,
     ProviderChainStatus,
     ProviderDrain,
     ProviderState,
     ProviderStatus,
+    RecoverySpec,
 )
 
 #: The reason shown next to state Drained, and the Events' reasons.
@@ -207,3 +210,43 @@ def terminus_note(order: Iterable[str], drained: Mapping[str, ProviderDrain]) ->
             f"intent), so {left[-1]}, the last one in service, is the terminus"
         )
     return note
+
+
+def observe_probe(
+    health: ProviderHealth,
+    *,
+    now: float,
+    ok: bool,
+    latency_ms: int | None,
+    error: str,
+    recovery: RecoverySpec,
+) -> ProviderHealth:
+    """A drained provider's probe: its health kept true, without any consequence.
+
+    Last error, latency and failure streak are recorded, but the provider is never made
+    Unhealthy, excluded or restarted: it is out of service by hand, and its failures
+    alarm nobody. Undrained, it is judged on this record at once (a streak already at
+    the threshold makes it Unhealthy at the next failed probe). One already Excluded
+    keeps its recovery going: restored quietly on success (the next probe decides
+    anew), backed off on a failed recovery probe, so recovery probes never run hot.
+    """
+    if health.excluded:
+        if ok:
+            return healing.restore(health, now=now, latency_ms=latency_ms)
+        if healing.recovery_due(health, now=now):
+            return healing.recovery_failed(health, now=now, recovery=recovery, error=error)
+        return replace(health, last_probe_time=now, last_error=error)
+    if ok:
+        return replace(
+            health,
+            last_probe_time=now,
+            last_probe_latency_ms=latency_ms,
+            consecutive_probe_failures=0,
+            last_error="" if not health.unhealthy else health.last_error,
+        )
+    return replace(
+        health,
+        last_probe_time=now,
+        consecutive_probe_failures=health.consecutive_probe_failures + 1,
+        last_error=error,
+    )

@@ -346,12 +346,18 @@ class Runtime:
         task.add_done_callback(done)
         return task
 
-    def event(self, ref: ObjectRef, *, type: str, reason: str, message: str) -> None:
-        """Post an Event (in the background), scrubbed, and not twice within 30 s."""
+    def event(
+        self, ref: ObjectRef, *, type: str, reason: str, message: str, dedupe: bool = True
+    ) -> None:
+        """Post an Event (in the background), scrubbed, and not twice within 30 s.
+
+        ``dedupe=False`` for Events already posted once per transition by their caller
+        (drains): a drain lifted and made again within 30 s is two transitions.
+        """
         message = REDACTOR.scrub(message)
         key = (ref.uid or f"{ref.namespace}/{ref.name}", reason, message)
         now = self.clock()
-        if now - self._event_seen.get(key, 0.0) < 30.0:
+        if dedupe and now - self._event_seen.get(key, 0.0) < 30.0:
             return
         if len(self._event_seen) > 10_000:
             self._event_seen = {k: t for k, t in self._event_seen.items() if now - t < 30.0}
@@ -799,12 +805,13 @@ class Runtime:
         before = board.get(name)
         if drain_ops.drained(spec, name, now=now):
             board.set(
-                drain_ops.observe_probe(
+                drain_rules.observe_probe(
                     before,
                     now=now,
                     ok=outcome.ok,
                     latency_ms=outcome.latency_ms,
                     error=outcome.error,
+                    recovery=spec.self_healing.recovery,
                 )
             )
             return
@@ -1085,17 +1092,18 @@ class Runtime:
             if not runtime.needs_build(now=now, refresh=self.config.status_refresh_seconds):
                 continue
             built = runtime.build_status(now=now)
-            runtime.drains_shown = drain_ops.announce(
-                ref=runtime.ref,
-                namespace=runtime.namespace,
-                chain=runtime.name,
-                shown=runtime.drains_shown,
-                previous_conditions=runtime.conditions,
-                built=built,
-                now=now,
-                post=self.event,
-                metrics=self.metrics,
-            )
+            if runtime.spec is not None:  # an unparsable spec shows no providers at all
+                runtime.drains_shown = drain_ops.announce(
+                    ref=runtime.ref,
+                    namespace=runtime.namespace,
+                    chain=runtime.name,
+                    shown=runtime.drains_shown,
+                    previous_conditions=runtime.conditions,
+                    built=built,
+                    now=now,
+                    post=self.event,
+                    metrics=self.metrics,
+                )
             wire = built.model_dump(by_alias=True, mode="json", exclude_none=False)
             now_significant = significant(wire)
             previous = significant(runtime.written) if runtime.written else None
