@@ -12,17 +12,20 @@ The corpus is ``tests/e2e/manifests/admission/*.yaml``; each file says what it e
 * ``ok`` — created without a warning;
 * an update that leaves ``.spec`` alone (a label) is admitted without warnings;
 * with the operator stopped, what it would deny is applied (failurePolicy Ignore);
+* a standby replica (kopf peering, paused) answers admission as well as the active one;
 * the cluster-scoped webhook configuration is deleted afterwards, whatever happened.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import re
 import socket
 import ssl
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -35,6 +38,7 @@ from tests.e2e.conftest import Operator
 
 pytestmark = pytest.mark.cluster
 
+ROOT = Path(__file__).resolve().parents[2]
 CORPUS = Path(__file__).parent / "manifests" / "admission"
 FILES = sorted(CORPUS.glob("*.yaml"))
 
@@ -213,3 +217,56 @@ def test_kubectl_apply_is_denied_or_warned_by_the_operator_and_ignored_without_i
     assert result.returncode == 0, result.stderr
     assert exists(duplicate, namespace, kubeconfig)
     print("\n" + "\n".join(transcript))
+
+
+def leadership(operator: Operator) -> dict[str, object]:
+    """The replica's leadership report from its /healthz (kopf's liveness endpoint)."""
+    url = f"http://127.0.0.1:{operator.liveness_port}/healthz"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        report: dict[str, object] = json.loads(reply.read())["leadership"]
+    return report
+
+
+@pytest.mark.timeout(300)
+def test_a_standby_replica_answers_admission_too(
+    start_operator: Callable[..., Operator],
+    install_webhooks: Callable[[int, bytes], None],
+    tls: tuple[Path, Path, Path],
+    namespace: str,
+    kubeconfig: Path,
+) -> None:
+    """Two peered replicas; the webhook points at the standby only, and it still denies
+    and warns (including the warning that needs the chain read from the API)."""
+    peerings = ROOT / "charts" / "chainop" / "crds" / "kopf-peerings.kopf.dev.yaml"
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(peerings),
+            kubeconfig=kubeconfig)  # fmt: skip
+    kubectl("wait", "--for=condition=Established", "--timeout=60s",
+            "crd/kopfpeerings.kopf.dev", kubeconfig=kubeconfig)  # fmt: skip
+    peering = {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
+               "metadata": {"name": "chainop", "namespace": namespace}}  # fmt: skip
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(peering), kubeconfig=kubeconfig)
+    ca, crt, key = tls
+
+    def replica(priority: int, port: int) -> Operator:
+        return start_operator(
+            *("--peering", "chainop", "--priority", str(priority)),
+            *("--admission-port", str(port), "--admission-host", "127.0.0.1"),
+            *("--admission-cert", str(crt), "--admission-key", str(key)),
+        )
+
+    active = replica(100, cluster_helpers.free_port())
+    assert active.runner is not None
+    active.runner.wait_for_log(r"this replica .* is now active", timeout=60)
+    standby_port = cluster_helpers.free_port()
+    standby = replica(1, standby_port)
+    wait_listening(standby_port, ca)
+    assert leadership(standby)["active"] is False
+    install_webhooks(standby_port, ca.read_bytes())
+    wait_in_effect(CORPUS / "deny-every-provider-drained.yaml", namespace, kubeconfig)
+
+    assert apply(CORPUS / "chain-cloud.yaml", namespace, kubeconfig).returncode == 0
+    result = apply(CORPUS / "warn-task-requires-local.yaml", namespace, kubeconfig)
+    assert result.returncode == 0, result.stderr
+    assert "Warning: spec.routing.requiresLocal: " in result.stderr
+    assert leadership(standby)["active"] is False  # it answered as a standby
+    assert "Traceback" not in standby.log()
