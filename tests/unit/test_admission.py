@@ -233,3 +233,30 @@ def test_drains_are_denied_exactly_when_nothing_the_strategy_uses_is_left(
     used = names[1:] if strategy == "FallbackOnly" else names
     left = [name for name in used if int(name[1:]) not in drained]
     assert review(spec).allowed is (not used or bool(left))
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+def test_validation_messages_name_the_field_once_without_pydantic_prefixes():
+    """The message admission refuses with is the InvalidSpec message of the operator."""
+    from pydantic import ValidationError
+
+    from chainop.core.models import DelegatedTaskSpec, ProviderChainSpec
+    from chainop.operator.runtime import validation_message
+
+    def message(model: Any, body: dict[str, Any]) -> str:
+        with pytest.raises(ValidationError) as caught:
+            model.model_validate(body)
+        return validation_message(caught.value)
+
+    duplicate = {"providers": [provider("a"), provider("a")]}
+    assert message(ProviderChainSpec, duplicate) == (
+        "spec.providers[1].name: duplicate provider name 'a'"
+    )
+    hedge = {"chain": "c", "hedge": {}, "request": {"messages": [{"content": "hi"}]}}
+    assert (
+        message(DelegatedTaskSpec, hedge) == "spec.hedge: set afterMillis, afterPercentile or both"
+    )
+    negative = {"providers": [provider("a", timeoutSeconds=-1)]}
+    assert message(ProviderChainSpec, negative).startswith("spec.providers.0.timeoutSeconds: ")
