@@ -163,7 +163,9 @@ def wait_in_effect(path: Path, namespace: str, kubeconfig: Path, *, timeout: flo
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("scan", [(), ("--no-cluster-scan",)], ids=["cluster-scan", "namespaced"])
 def test_kubectl_apply_is_denied_or_warned_by_the_operator_and_ignored_without_it(
+    scan: tuple[str, ...],
     start_operator: Callable[..., Operator],
     install_webhooks: Callable[[int, bytes], None],
     tls: tuple[Path, Path, Path],
@@ -173,6 +175,7 @@ def test_kubectl_apply_is_denied_or_warned_by_the_operator_and_ignored_without_i
     ca, crt, key = tls
     port = cluster_helpers.free_port()
     operator = start_operator(
+        *scan,  # the chart's namespaced shape runs without kopf's cluster-wide scans
         *("--admission-port", str(port), "--admission-host", "127.0.0.1"),
         *("--admission-cert", str(crt), "--admission-key", str(key)),
     )
