@@ -13,6 +13,8 @@ The corpus is ``tests/e2e/manifests/admission/*.yaml``; each file says what it e
 * an update that leaves ``.spec`` alone (a label) is admitted without warnings;
 * with the operator stopped, what it would deny is applied (failurePolicy Ignore);
 * a standby replica (kopf peering, paused) answers admission as well as the active one;
+* a renewed certificate (new files, new caBundle: what cert-manager does) is served
+  without restarting the operator (kopf re-reads the files every 60 s);
 * the cluster-scoped webhook configuration is deleted afterwards, whatever happened.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -56,6 +59,11 @@ def openssl(*args: str) -> None:
 @pytest.fixture
 def tls(tmp_path: Path) -> tuple[Path, Path, Path]:
     """(ca.crt, tls.crt, tls.key): a CA and a serving certificate for IP 127.0.0.1."""
+    return make_tls(tmp_path / "tls")
+
+
+def make_tls(tmp_path: Path) -> tuple[Path, Path, Path]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     ca_key, ca_crt = tmp_path / "ca.key", tmp_path / "ca.crt"
     key, csr, crt = tmp_path / "tls.key", tmp_path / "tls.csr", tmp_path / "tls.crt"
     ext = tmp_path / "ext.cnf"
@@ -150,7 +158,7 @@ def exists(path: Path, namespace: str, kubeconfig: Path) -> bool:
     return result.returncode == 0
 
 
-def wait_in_effect(path: Path, namespace: str, kubeconfig: Path, *, timeout: float = 30) -> None:
+def wait_in_effect(path: Path, namespace: str, kubeconfig: Path, *, timeout: float = 60) -> None:
     """The API server picks a new webhook configuration up within moments: probe with a
     server-side dry run until it is denied (sideEffects None allows dry runs)."""
     deadline = time.monotonic() + timeout
@@ -273,3 +281,41 @@ def test_a_standby_replica_answers_admission_too(
     assert "Warning: spec.routing.requiresLocal: " in result.stderr
     assert leadership(standby)["active"] is False  # it answered as a standby
     assert "Traceback" not in standby.log()
+
+
+@pytest.mark.timeout(300)
+def test_a_renewed_certificate_is_served_without_a_restart(
+    start_operator: Callable[..., Operator],
+    install_webhooks: Callable[[int, bytes], None],
+    tmp_path: Path,
+    namespace: str,
+    kubeconfig: Path,
+) -> None:
+    """As cert-manager renews: the mounted files change, the cainjector updates caBundle."""
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    first_ca, first_crt, first_key = make_tls(tmp_path / "first")
+    crt, key = mounted / "tls.crt", mounted / "tls.key"
+    shutil.copy(first_crt, crt)
+    shutil.copy(first_key, key)
+    port = cluster_helpers.free_port()
+    operator = start_operator(
+        *("--admission-port", str(port), "--admission-host", "127.0.0.1"),
+        *("--admission-cert", str(crt), "--admission-key", str(key)),
+    )
+    wait_listening(port, first_ca)
+    install_webhooks(port, first_ca.read_bytes())
+    denied = CORPUS / "deny-only-provider-drained.yaml"
+    wait_in_effect(denied, namespace, kubeconfig)
+
+    second_ca, second_crt, second_key = make_tls(tmp_path / "second")
+    for source, target in ((second_crt, crt), (second_key, key)):
+        staged = target.with_suffix(".new")
+        shutil.copy(source, staged)
+        staged.replace(target)  # atomically, as the kubelet swaps a Secret volume
+    install_webhooks(port, second_ca.read_bytes())
+    wait_listening(port, second_ca, timeout=120)  # kopf noticed and restarted its server
+    wait_in_effect(denied, namespace, kubeconfig)
+    assert operator.runner is not None
+    assert operator.runner.running  # the same process: no restart
+    assert "Traceback" not in operator.log()

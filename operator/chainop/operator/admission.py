@@ -3,8 +3,9 @@
 ``chainop run --admission-port 9443 --admission-cert tls.crt --admission-key tls.key``
 serves two validating webhooks over HTTPS (kopf's ``WebhookServer``; the certificate
 comes from the chart or the test, never from kopf's self-signed generator, which needs
-libraries chainop does not ship). kopf restarts the server when the files change, so a
-certificate rotated by cert-manager is picked up without a restart.
+libraries chainop does not ship). kopf re-reads the files every 60 s and restarts the
+server when they changed, so a certificate renewed by cert-manager is picked up without a
+restart.
 
 * ``/validate-providerchain`` — CREATE and UPDATE of ProviderChains;
 * ``/validate-delegatedtask`` — CREATE and UPDATE of DelegatedTasks.
