@@ -139,9 +139,10 @@ def validation_message(error: ValidationError) -> str:
     parts = []
     for item in error.errors()[:5]:
         where = ".".join(str(p) for p in item.get("loc", ()))
-        parts.append(
-            f"spec.{where}: {item.get('msg', 'invalid')}" if where else item.get("msg", "")
-        )
+        # Our validators' messages name their field already ("spec.hedge: ..."): no
+        # second field, and no pydantic "Value error, " in front (admission shows them).
+        msg = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"spec.{where}: {msg}" if where and not msg.startswith("spec.") else msg)
     more = len(error.errors()) - 5
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
