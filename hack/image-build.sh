@@ -25,9 +25,11 @@ CONTEXT="${CONTEXT:-$REPO_ROOT}"   # the build context (another checkout, a copy
 t0=$SECONDS
 
 (( EUID == 0 )) || cannot "not root (buildah here runs as root with a private storage)"
-command -v buildah >/dev/null && command -v mmdebstrap >/dev/null \
-    || "$REPO_ROOT/hack/node-deps.sh" buildah mmdebstrap \
-    || { rc=$?; (( rc == 2 )) && exit 2; die "installing buildah/mmdebstrap failed"; }
+# runc too: buildah runs its RUN steps with it (below), and on a machine that never had a
+# node, nothing else installed it (buildah then fails with "exec: no command").
+command -v buildah >/dev/null && command -v mmdebstrap >/dev/null && command -v runc >/dev/null \
+    || "$REPO_ROOT/hack/node-deps.sh" buildah mmdebstrap runc \
+    || { rc=$?; (( rc == 2 )) && exit 2; die "installing buildah/mmdebstrap/runc failed"; }
 "$REPO_ROOT/hack/image-base.sh" pause base
 
 # buildah keeps a blob-info cache in /var/lib/containers/cache whatever --root says:
