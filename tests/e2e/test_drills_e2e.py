@@ -9,11 +9,14 @@ sockets and a real API server.
 * ``allowPaid: false`` skips a paid provider (path goes past it, its backend is never
   called) and fails, saying so, when only paid hops remain;
 * an operator restart resumes ``lastDrill`` from status and does not drill again before
-  the interval is over.
+  the interval is over;
+* the gauges the chart's alerts read: restarts remaining 0 once a backend's restarts
+  ran out while it is down, and a chain that is not Ready.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -181,3 +184,52 @@ def test_restart_resumes_last_drill_and_does_not_drill_again(kit: Kit, start_ope
     assert operator_metric(second.metrics_port, "chainop_drills_total", **labels) == 0
     assert _completions(secondary) == 1
     assert kit.get(CHAINS, "steady")["status"]["lastDrill"]["time"] == drill["time"]
+
+
+def test_alert_gauges_restarts_remaining_and_chain_ready(kit: Kit, operator, supervisor):
+    """What ChainopRestartBudgetExhausted and ChainopChainNotReady read: a backend whose
+    restarts do not help uses up maxRestartsPerHour (remaining 0, provider down) and its
+    single-provider chain is not Ready."""
+    port = free_port()
+    kit.create_deployment("vllm")
+    command = [sys.executable, "-m", "chainop.testing.fake_backend", "--port", str(port)]
+    supervisor.bind(kit.namespace, "vllm", [*command, "--name", "vllm", "--mode", "error"], port)
+    kit.create_chain(
+        "default",
+        [
+            kit.provider(
+                "vllm", f"http://127.0.0.1:{port}", "Sovereign", backend={"deployment": "vllm"}
+            )
+        ],
+        health={
+            "failureThreshold": 2,
+            "probe": {"intervalSeconds": 1, "timeoutSeconds": 1, "unhealthyThreshold": 2},
+        },
+        selfHealing={
+            "maxRestartsPerHour": 2,
+            "restartGraceSeconds": 1,
+            "recovery": {"initialSeconds": 1, "maxSeconds": 1},
+        },
+    )
+    kit.wait_until(
+        lambda: "RestartBudgetExhausted" in kit.event_reasons("default"),
+        timeout=60,
+        what="a RestartBudgetExhausted event",
+    )
+    port_m = operator.metrics_port
+    labels = {"namespace": kit.namespace, "chain": "default"}
+    kit.wait_until(
+        lambda: (
+            operator_metric(port_m, "chainop_backend_restarts_remaining", provider="vllm", **labels)
+            == 0
+            and operator_metric(port_m, "chainop_chain_ready", **labels) == 0
+        ),
+        what="restarts remaining 0 and chain not Ready",
+    )
+    down = sum(
+        operator_metric(port_m, "chainop_provider_state", provider="vllm", state=s, **labels)
+        for s in ("Unhealthy", "Excluded")
+    )
+    assert down == 1
+    conditions = kit.get(CHAINS, "default")["status"]["conditions"]
+    assert any(c["type"] == "Ready" and c["status"] == "False" for c in conditions)
