@@ -11,16 +11,19 @@ sockets and a real API server.
 * an operator restart resumes ``lastDrill`` from status and does not drill again before
   the interval is over;
 * the gauges the chart's alerts read: restarts remaining 0 once a backend's restarts
-  ran out while it is down, and a chain that is not Ready.
+  ran out while it is down, and a chain that is not Ready;
+* a fixed fallback passes the next due drill, with a ``DrillRecovered`` Event.
 """
 
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from chainop.kube.client import GROUP, VERSION
 from chainop.testing.cluster import free_port
 from tests.e2e.kit import CHAINS, Kit, operator_metric
 
@@ -233,3 +236,46 @@ def test_alert_gauges_restarts_remaining_and_chain_ready(kit: Kit, operator, sup
     assert down == 1
     conditions = kit.get(CHAINS, "default")["status"]["conditions"]
     assert any(c["type"] == "Ready" and c["status"] == "False" for c in conditions)
+
+
+def test_fixed_fallback_passes_the_next_due_drill_with_drill_recovered(
+    kit: Kit, start_operator, backends
+):
+    """The next drill is due interval after lastDrill.time, read from status by a new
+    operator: with that time moved an hour back, the new operator drills at once."""
+    primary, secondary = backends("primary"), backends("secondary")
+    secondary.set_mode("error", status=500)
+    first = start_operator()
+    kit.create_chain(
+        "healing",
+        [
+            kit.provider("primary", primary.url, "Sovereign"),
+            kit.provider("secondary", secondary.url, "Sovereign"),
+        ],
+        health={**PASSIVE, "cooldown": {"initialSeconds": 1, "maxSeconds": 1}},
+        drills={"intervalMinutes": 60},
+    )
+    failed = _last_drill(kit, "healing")
+    assert failed["passed"] is False
+    first.kill()
+    secondary.set_mode("healthy")
+    an_hour_ago = datetime.now(UTC) - timedelta(minutes=61)
+    kit.api.custom.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        kit.namespace,
+        CHAINS,
+        "healing",
+        {"status": {"lastDrill": {**failed, "time": an_hour_ago.isoformat()}}},
+    )
+    start_operator()
+    passed = kit.wait(
+        CHAINS,
+        "healing",
+        lambda o: (o.get("status") or {}).get("lastDrill", {}).get("passed") is True,
+        what="a passing drill",
+    )["status"]["lastDrill"]
+    assert passed["path"] == ["secondary"]
+    kit.wait_until(
+        lambda: "DrillRecovered" in kit.event_reasons("healing"), what="DrillRecovered Event"
+    )
