@@ -5,7 +5,7 @@ sockets and a real API server.
   path [second provider]; the head's backend gets no completion call; the drill metrics;
 * a drill whose fallback is broken (HTTP 500, or a closed port) fails, with a
   ``DrillFailed`` Event and the reason, and the forced head is not penalised (Healthy,
-  no failures, no benching);
+  no failures, no benching); with drills turned off its gauge goes away;
 * ``allowPaid: false`` skips a paid provider (path goes past it, its backend is never
   called) and fails, saying so, when only paid hops remain;
 * an operator restart resumes ``lastDrill`` from status and does not drill again before
@@ -18,10 +18,12 @@ sockets and a real API server.
 from __future__ import annotations
 
 import sys
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from chainop.kube.client import GROUP, VERSION
 from chainop.testing.cluster import free_port
@@ -50,6 +52,18 @@ def _scraped(port: int, name: str, **labels: str) -> float | None:
         return operator_metric(port, name, **labels)
     except OSError:
         return None
+
+
+def _series(port: int, name: str, **labels: str) -> list[float]:
+    """The values of every sample of ``name`` with ``labels`` (empty: no such series)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    ]
 
 
 def _completions(backend: Any) -> int:
@@ -119,6 +133,15 @@ def test_drill_fails_with_an_event_when_the_fallback_is_broken(
     assert (
         operator_metric(operator.metrics_port, "chainop_drills_total", result="failed", **labels)
         == 1
+    )
+    # Drills turned off: the old failure stops feeding the ChainopDrillFailing alert.
+    assert _series(operator.metrics_port, "chainop_drill_last_passed", **labels) == [0.0]
+    kit.api.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, kit.namespace, CHAINS, "broken", {"spec": {"drills": None}}
+    )
+    kit.wait_until(
+        lambda: _series(operator.metrics_port, "chainop_drill_last_passed", **labels) == [],
+        what="the drill gauge dropped",
     )
 
 

@@ -191,11 +191,14 @@ class DrillRunner:
         m, ns, name = self.runtime.metrics, chain.namespace, chain.name
         ready = any(c.type == "Ready" and c.status == "True" for c in chain.conditions)
         m.chain_ready.labels(ns, name).set(1.0 if ready else 0.0)
-        drill = chain.last_drill
-        if drill is not None and drill.time is not None:
+        drill, spec = chain.last_drill, chain.spec
+        if drill is not None and drill.time is not None and spec is not None and spec.drills:
             m.drill_last_passed.labels(ns, name).set(1.0 if drill.passed else 0.0)
             m.drill_last_time.labels(ns, name).set(drill.time.timestamp())
-        spec = chain.spec
+        else:  # drills turned off: an old failure must not keep ChainopDrillFailing firing
+            for gauge in (m.drill_last_passed, m.drill_last_time):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(ns, name)
         if spec is None:
             return
         now = self.runtime.clock()
