@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import itertools
+from datetime import UTC, datetime
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -168,6 +169,20 @@ def test_fallback_only_drills_from_the_second_provider():
     spec = chain(provider("a"), provider("b"), provider("c"), strategy="FallbackOnly")
     drill = drills.plan(spec, ["a", "b", "c"], allow_paid=True)
     assert (drill.head, drill.hops) == ("b", ("c",))
+
+
+def test_drained_providers_are_out_of_the_drill():
+    drain = {"provider": "a", "until": "2030-01-01T00:00:00Z"}
+    spec = chain(provider("a"), provider("b"), provider("c"), drains=[drain])
+    before = datetime(2029, 1, 1, tzinfo=UTC)
+    drill = drills.plan(spec, ["a", "b", "c"], allow_paid=True, now=before)
+    assert (drill.head, drill.hops) == ("b", ("c",))  # a's drain is in effect
+    after = datetime(2031, 1, 1, tzinfo=UTC)
+    assert drills.plan(spec, ["a", "b", "c"], allow_paid=True, now=after).head == "a"
+    two = chain(provider("a"), provider("b"), drains=[{"provider": "b"}])
+    drill = drills.plan(two, ["a", "b"], allow_paid=True, now=before)
+    assert not drill.runnable
+    assert drill.reason.endswith("(drained: b)")
 
 
 def test_empty_active_order_is_a_failure():

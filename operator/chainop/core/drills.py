@@ -27,7 +27,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
+from chainop.core import drains as drain_rules
 from chainop.core.calls import CallContext, Completion, ProviderCall
 from chainop.core.errors import UnsupportedRequestError
 from chainop.core.models import (
@@ -149,15 +151,23 @@ class DrillPlan:
         return [self.head, *self.hops]
 
 
-def plan(chain: ProviderChainSpec, active_order: Sequence[str], *, allow_paid: bool) -> DrillPlan:
+def plan(
+    chain: ProviderChainSpec,
+    active_order: Sequence[str],
+    *,
+    allow_paid: bool,
+    now: datetime | None = None,
+) -> DrillPlan:
     """The drill of ``chain`` given its ``status.activeOrder``. Purely computational.
 
     The head is what real tasks try first under the chain's strategy (FallbackOnly
     already skips the spec's head; RoundRobin is drilled from its unrotated order);
-    PrimaryOnly has no fallback, so its drill cannot pass.
+    PrimaryOnly has no fallback, so its drill cannot pass. Providers drained by hand at
+    ``now`` are out, as for tasks (``None``: every drain entry counts).
     """
     known = {p.name: p for p in chain.providers}
-    order = [name for name in active_order if name in known]
+    drained = drain_rules.in_effect(chain, now=now)
+    order = [name for name in active_order if name in known and name not in drained]
     if chain.strategy is Strategy.PRIMARY_ONLY:
         head = order[0] if order else chain.providers[0].name
         return DrillPlan(head, (), reason="strategy PrimaryOnly has no fallback hop to drill")
@@ -176,6 +186,7 @@ def plan(chain: ProviderChainSpec, active_order: Sequence[str], *, allow_paid: b
         )
     else:
         why = f"no eligible hop after {head}: it is the only provider in the active order"
+        why += f" (drained: {', '.join(drained)})" if drained else ""
     return DrillPlan(head, (), paid, reason=why)
 
 

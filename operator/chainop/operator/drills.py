@@ -124,8 +124,10 @@ class DrillRunner:
         assert spec is not None
         assert spec.drills is not None
         assert board is not None
-        plan = drills.plan(spec, chain.active_order(), allow_paid=spec.drills.allow_paid)
         started = datetime.fromtimestamp(now, tz=UTC)
+        plan = drills.plan(
+            spec, chain.active_order(), allow_paid=spec.drills.allow_paid, now=started
+        )
         if not plan.runnable:
             return DrillStatus(time=started, forced=plan.head, passed=False, reason=plan.reason)
         loop = asyncio.get_running_loop()
