@@ -10,7 +10,8 @@
 * injection through the real executor: the forced head is never called and never
   penalised (no failure, no benching, no hook), the next hop answers, only one real hop
   is ever called, a real failure of that hop counts against it;
-* the verdict: path, pass, the reasons of each failure.
+* the verdict: path, pass, the reasons of each failure;
+* admission warns at ``kubectl apply`` about drills that can never pass.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chainop.core import admission, drills
 from chainop.core import chain as executor
-from chainop.core import drills
 from chainop.core.chain import HealthBoard
+from chainop.core.endpoints import EndpointPolicy
 from chainop.core.errors import TransientError
 from chainop.core.health import ProviderHealth
 from chainop.core.models import Attempt, AttemptOutcome
@@ -314,3 +316,24 @@ def test_judge_nothing_called_names_the_skips():
 def test_judge_without_attempts_uses_the_executor_message():
     verdict = drills.judge(drills.DrillPlan("a", ("b",)), [], answered_by="", failure="waiting")
     assert verdict.reason == "no hop after a could be called (waiting)"
+
+
+# --------------------------------------------------------------------------- admission
+
+
+def test_admission_warns_about_drills_that_cannot_pass():
+    now = datetime(2026, 12, 2, tzinfo=UTC)
+    policy = EndpointPolicy.from_entries([])
+    paid_only = chain(
+        provider("a", "Sovereign"), provider("b", **PAID), drills={"intervalMinutes": 60}
+    )
+    review = admission.review_chain(paid_only, now=now, addresses={}, policy=policy)
+    assert review.allowed
+    assert review.warnings == (
+        "spec.drills: every drill will fail: no eligible hop after a: paid providers left "
+        "out (b; drills.allowPaid is false)",
+    )
+    allowed = paid_only.model_copy(
+        update={"drills": paid_only.drills.model_copy(update={"allow_paid": True})}
+    )
+    assert admission.review_chain(allowed, now=now, addresses={}, policy=policy).warnings == ()
