@@ -188,6 +188,39 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        # Failover drills (spec.drills; see operator/drills.py) and the gauges alerts need.
+        self.drills = Counter(
+            "chainop_drills_total",
+            "Failover drills run, by result (passed, failed).",
+            ["namespace", "chain", "result"],
+            registry=r,
+        )
+        self.drill_last_passed = Gauge(
+            "chainop_drill_last_passed",
+            "1 when the chain's last failover drill passed, 0 when it failed.",
+            ["namespace", "chain"],
+            registry=r,
+        )
+        self.drill_last_time = Gauge(
+            "chainop_drill_last_run_timestamp_seconds",
+            "When the chain's last failover drill started (Unix seconds).",
+            ["namespace", "chain"],
+            registry=r,
+        )
+        self.chain_ready = Gauge(
+            "chainop_chain_ready",
+            "1 when the chain's Ready condition is True, 0 otherwise.",
+            ["namespace", "chain"],
+            registry=r,
+        )
+        self.restarts_remaining = Gauge(
+            "chainop_backend_restarts_remaining",
+            "Restarts of the provider's backend Deployment still allowed within the last "
+            "hour (maxRestartsPerHour minus restarts chainop ordered); known once chainop "
+            "has read the Deployment's restart ledger.",
+            ["namespace", "chain", "provider", "deployment"],
+            registry=r,
+        )
 
     def set_provider_state(
         self, *, namespace: str, chain: str, provider: str, state: ProviderState

@@ -24,12 +24,15 @@ is created, because the mistake may be deliberate or fixed later):
 * a ``preferredProvider`` the chain lacks — the task fails safe to local;
 * a drain naming an unknown provider, or one whose ``until`` has passed (no effect);
 * drains whose remaining providers are all Excluded right now (status, on updates);
-* strategy FallbackOnly on a chain with a single provider (nothing left to fall back to).
+* strategy FallbackOnly on a chain with a single provider (nothing left to fall back to);
+* ``spec.drills`` on a chain whose drills cannot pass (PrimaryOnly, one provider, or only
+  paid fallbacks without ``allowPaid``): every drill would fail, saying the same.
 
 A ``cost`` block on a Sovereign provider is allowed on purpose: in-cluster GPUs cost
 money too, and a price per token is how a platform team charges them back to the teams
 whose tasks ran there. Nothing else reads ``cost`` as "paid API" (probing and routing
-go by ``privacyTier``), so a price there can mislead nothing.
+go by ``privacyTier``; drills call a provider paid only when it is not Sovereign), so a
+price there can mislead nothing.
 
 Every message starts with the field it is about (``spec.providers[2].endpoint: ...``).
 """
@@ -40,7 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from chainop.core import endpoints, routing
+from chainop.core import drills, endpoints, routing
 from chainop.core.models import (
     DelegatedTaskSpec,
     PrivacyTier,
@@ -154,6 +157,11 @@ def review_chain(
             f"spec.strategy: FallbackOnly skips the head ({spec.providers[0].name}) and the "
             "chain has no other provider: no task can run on it"
         )
+    if spec.drills is not None:
+        order = [p.name for p in spec.providers]
+        drill = drills.plan(spec, order, allow_paid=spec.drills.allow_paid, now=now)
+        if not drill.runnable:
+            warnings.append(f"spec.drills: every drill will fail: {drill.reason}")
     return Review(denials=tuple(denials), warnings=tuple(warnings))
 
 

@@ -647,6 +647,33 @@ class ProviderDrain(_Model):
         return self.until is None or now < self.until
 
 
+class DrillsSpec(_Model):
+    """Scheduled failover drills: prove the fallback path answers before an outage.
+
+    Each drill sends one tiny synthetic request through the chain with its head failed
+    on purpose *inside chainop* (the head is never called and never penalised), so the
+    next eligible hop must answer. See docs/operations.md, "Failover drills".
+    """
+
+    interval_minutes: int = Field(
+        default=60,
+        ge=1,
+        le=10080,
+        description=(
+            "Minutes between drills, counted from status.lastDrill.time (so an operator "
+            "restart neither repeats nor skips a drill)."
+        ),
+    )
+    allow_paid: bool = Field(
+        default=False,
+        description=(
+            "Whether a drill may call a paid provider: one that is not Sovereign and "
+            "declares a cost or authenticates with an API key. Off: such hops are left "
+            "out of the drill, and a chain with no other hop fails its drill."
+        ),
+    )
+
+
 class ProviderChainSpec(_Model):
     """An ordered chain of LLM providers: head first, the last one is the terminus."""
 
@@ -706,6 +733,10 @@ class ProviderChainSpec(_Model):
             "Providers taken out of service by hand (kubectl chainop drain): skipped like "
             "an Excluded provider and never restarted, shown as state Drained."
         ),
+    )
+    drills: DrillsSpec | None = Field(
+        default=None,
+        description="Scheduled failover drills; absent: no drills.",
     )
 
     @model_validator(mode="after")
@@ -833,6 +864,22 @@ class ProviderStatus(_StatusModel):
     )
 
 
+class DrillStatus(_StatusModel):
+    """The outcome of the chain's last failover drill."""
+
+    time: datetime | None = Field(default=None, description="When the drill started.")
+    forced: str = Field(
+        default="", description="The head chainop failed on purpose (never called)."
+    )
+    path: list[str] = Field(
+        default_factory=list,
+        description="Providers the drill really called, in order (the forced head excluded).",
+    )
+    latency_ms: int = Field(default=0, ge=0, description="Duration of the drill.")
+    passed: bool = Field(default=False, description="Whether the next eligible hop answered.")
+    reason: str = Field(default="", description="Why it passed or failed, in words.")
+
+
 class ProviderChainStatus(_StatusModel):
     """Observed state of a ProviderChain."""
 
@@ -859,6 +906,9 @@ class ProviderChainStatus(_StatusModel):
     )
     providers: list[ProviderStatus] = Field(
         default_factory=list, description="Per-provider health."
+    )
+    last_drill: DrillStatus | None = Field(
+        default=None, description="The last failover drill (spec.drills)."
     )
 
 

@@ -19,6 +19,7 @@ from chainop.core.models import GROUP, VERSION
 from chainop.kube.client import CHAINS, TASKS, KubeClient, load_api_client
 from chainop.metrics import Metrics
 from chainop.operator.config import OperatorConfig
+from chainop.operator.drills import DrillRunner
 from chainop.operator.runtime import Runtime
 from chainop.operator.tasks import TaskRunner
 from chainop.providers.registry import ProviderClients
@@ -85,6 +86,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     runtime.leadership.export_metrics(metrics.registry)
     memo["runtime"] = runtime
     memo["tasks"] = TaskRunner(runtime)
+    memo["drills"] = DrillRunner(runtime)
     runtime.spawn(runtime.run(), name="health-loop")
     if config.gc_thresholds is not None:
         tune_gc(config.gc_thresholds)

@@ -66,6 +66,9 @@ class RestartManager:
     def __init__(self, kube: KubeClient) -> None:
         self.kube = kube
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        #: The restart ledger last read or written per (namespace, Deployment): what the
+        #: restarts-remaining gauge is computed from without reading the API again.
+        self.ledgers: dict[tuple[str, str], RestartLedger] = {}
 
     async def request(
         self,
@@ -83,6 +86,7 @@ class RestartManager:
                 if obj is None:
                     return RestartOutcome(RestartVerdict(False, "DeploymentNotFound"), False)
                 ledger = ledger_from(obj)
+                self.ledgers[(namespace, deployment)] = ledger
                 verdict = healing.may_restart(
                     ledger, now=now, max_per_hour=max_per_hour, grace_seconds=grace_seconds
                 )
@@ -113,6 +117,7 @@ class RestartManager:
                     if error.conflict:
                         continue  # changed under us: read again, decide again
                     raise
+                self.ledgers[(namespace, deployment)] = updated
                 log.info("restarted Deployment %s/%s", namespace, deployment)
                 return RestartOutcome(verdict, True)
             return RestartOutcome(RestartVerdict(False, "RestartConflict"), False)

@@ -50,6 +50,7 @@ from chainop.core.health import ProviderHealth
 from chainop.core.models import (
     API_VERSION,
     Condition,
+    DrillStatus,
     PrivacyTier,
     ProbeKind,
     ProbeMode,
@@ -178,6 +179,8 @@ class ChainRuntime:
     wedge_announced: set[str] = field(default_factory=set)
     #: The drains the last written (or resumed) status showed, for once-only Events.
     drains_shown: dict[str, ProviderDrain] = field(default_factory=dict)
+    #: The last failover drill (operator/drills.py), resumed from and written to status.
+    last_drill: DrillStatus | None = None
 
     @property
     def ref(self) -> ObjectRef:
@@ -201,6 +204,7 @@ class ChainRuntime:
             id(self.spec),
             self.invalid,
             self.generation,
+            self.last_drill,
         )
 
     def needs_build(self, *, now: float, refresh: float) -> bool:
@@ -274,7 +278,7 @@ class ChainRuntime:
                 now=now,
                 generation=self.generation,
                 previous_conditions=self.conditions,
-            )
+            ).model_copy(update={"last_drill": self.last_drill})
         built = status.chain_status(
             self.spec,
             self.board.all(),
@@ -283,7 +287,7 @@ class ChainRuntime:
             previous_conditions=self.conditions,
             invalid=self.invalid,
         )
-        return self._with_load(built, now=now)
+        return self._with_load(built, now=now).model_copy(update={"last_drill": self.last_drill})
 
 
 class Runtime:
@@ -329,6 +333,9 @@ class Runtime:
         self._event_seen: dict[tuple[str, str, str], float] = {}
         #: Called with (namespace, chain name) when a chain becomes usable.
         self.on_chain_ready: Callable[[str, str], None] = lambda namespace, name: None
+        #: Called every loop pass with (now, whether this replica is active): drills and
+        #: the gauges alerts read (operator/drills.py). Must not block.
+        self.tick_hooks: list[Callable[[float, bool], None]] = []
 
     # ----------------------------------------------------------------- helpers
 
@@ -420,6 +427,7 @@ class Runtime:
             runtime.conditions = list(previous.conditions)
             resumed = [health_rules.from_status(p) for p in previous.providers]
             runtime.drains_shown = drain_rules.shown(previous)
+            runtime.last_drill = previous.last_drill
         runtime.generation = meta.get("generation")
         now = self.clock()
         try:
@@ -524,6 +532,8 @@ class Runtime:
                         for runtime in self.chains.values():
                             runtime.resync = True
                     await self.tick()
+                for hook in self.tick_hooks:
+                    hook(self.clock(), self.leadership.active)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the loop must survive anything one tick does
