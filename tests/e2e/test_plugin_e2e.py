@@ -1,0 +1,230 @@
+"""We test these aspects: every ``kubectl chainop`` command, run as the real console script
+(``.venv/bin/kubectl-chainop``) with the test's kubeconfig, against the local control plane
+and the operator: decide (nothing created), submit --wait (attempts on stderr, answer,
+footer), a large answer read back from its ConfigMap, result, get, status, drain/undrain
+(spec.drains written with who/why/until), replay (label, preferred provider), explain;
+and the error paths: unknown chain/provider/task, bad file, no cluster — a clear message,
+the documented exit code, nothing created or changed (checked with the API).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from chainop.core.models import GROUP, VERSION
+from chainop.testing import cluster as cluster_helpers
+from tests.e2e.kit import Kit
+
+pytestmark = pytest.mark.cluster
+
+PLUGIN = Path(sys.executable).parent / "kubectl-chainop"
+
+
+def plugin(kubeconfig: Path, namespace: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``kubectl-chainop ARGS`` as a user would, in the test's namespace."""
+    return subprocess.run(
+        [str(PLUGIN), *args, "-n", namespace, "--kubeconfig", str(kubeconfig)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+
+def write_task(path: Path, name: str, routing: dict[str, Any], content: str = "hi") -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "DelegatedTask",
+                "metadata": {"name": name},
+                "spec": {
+                    "chain": "default",
+                    "routing": routing,
+                    "request": {"messages": [{"role": "user", "content": content}]},
+                },
+            }
+        )
+    )
+    return path
+
+
+def task_names(kit: Kit) -> list[str]:
+    listing = kit.api.custom.list_namespaced_custom_object(
+        GROUP, VERSION, kit.namespace, "delegatedtasks"
+    )
+    return sorted(item["metadata"]["name"] for item in listing["items"])
+
+
+def test_every_command_against_the_operator(kit: Kit, operator, backends, kubeconfig, tmp_path):
+    onprem, cloud = backends("onprem"), backends("cloud")
+    kit.create_chain(
+        "default",
+        [
+            kit.provider("onprem", onprem.url, "Sovereign", model="onprem-model"),
+            kit.provider("cloud", cloud.url, "Standard"),
+        ],
+        health={"failureThreshold": 5, "transientRetries": 0},
+    )
+    kit.chain_ready("default")
+    run = lambda *args: plugin(kubeconfig, kit.namespace, *args)  # noqa: E731
+    task = write_task(tmp_path / "t.yaml", "first", {"allowDelegation": True})
+
+    # decide: the operator's decision, nothing created.
+    decided = run("decide", "-f", str(task), "-o", "json")
+    assert decided.returncode == 0, decided.stderr
+    data = json.loads(decided.stdout)
+    assert data["providers"] == ["onprem", "cloud"]
+    assert data["reason"] == "preferredProvider=auto: active order"
+    assert [s["state"] for s in data["states"]] == ["Healthy", "Healthy"]
+    assert task_names(kit) == []
+
+    # submit --wait: answer on stdout, footer on stderr.
+    submitted = run("submit", "-f", str(task), "--wait", "--timeout", "60")
+    assert submitted.returncode == 0, submitted.stderr
+    assert submitted.stdout.strip() == "[onprem] echo: hi"
+    assert "— provider onprem · attempt 1 of 1" in submitted.stderr
+
+    # A failover shows both attempts as progress; the quick form needs no file.
+    onprem.set_mode("error", status=503)
+    quick = run(
+        "submit", "--chain", "default", "--prompt", "again", "--allow-delegation", "--wait",
+        "--name", "second",
+    )  # fmt: skip
+    assert quick.returncode == 0, quick.stderr
+    assert "attempt 1: onprem TransientError" in quick.stderr
+    assert "attempt 2: cloud Succeeded" in quick.stderr
+    assert "— provider cloud · attempt 2 of 2" in quick.stderr
+    onprem.set_mode("healthy")
+
+    # A large answer lives in the task's ConfigMap; submit and result read it from there.
+    big = "x" * 20_000
+    large = run(
+        "submit", "--chain", "default", "--prompt", big, "--wait", "--name", "large",
+    )  # fmt: skip
+    assert large.returncode == 0, large.stderr
+    assert kit.get("delegatedtasks", "large")["status"]["result"]["outputConfigMap"]
+    assert large.stdout.strip() == f"[onprem] echo: {big}"
+    again = run("result", "large")
+    assert again.returncode == 0
+    assert again.stdout == large.stdout
+    result_json = json.loads(run("result", "second", "-o", "json").stdout)
+    assert result_json["result"]["provider"] == "cloud"
+
+    listed = run("get")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split()[:4] == ["NAME", "PHASE", "PROVIDER", "ATTEMPTS"]
+    assert [line.split()[:3] for line in lines[1:]] == [
+        ["first", "Succeeded", "onprem"],
+        ["large", "Succeeded", "onprem"],
+        ["second", "Succeeded", "cloud"],
+    ]
+
+    status = run("status", "-o", "json")
+    assert status.returncode == 0, status.stderr
+    summary = json.loads(status.stdout)
+    assert summary["tasks"] == {"Succeeded": 3}
+    assert summary["spend"]["source"] == "sum of task costs"
+    assert [p["name"] for p in summary["chains"][0]["providers"]] == ["onprem", "cloud"]
+    assert "namespace " + kit.namespace in run("status").stdout
+
+    # drain / undrain: spec.drains, who, why, until; an unknown provider changes nothing.
+    drained = run("drain", "default", "cloud", "--for", "30m", "--reason", "incident 42")
+    assert drained.returncode == 0, drained.stderr
+    (entry,) = kit.get("providerchains", "default")["spec"]["drains"]
+    assert entry["provider"] == "cloud"
+    assert entry["reason"] == "incident 42"
+    assert entry["by"]
+    assert entry["since"] < entry["until"]
+    version = kit.get("providerchains", "default")["metadata"]["resourceVersion"]
+    unknown = run("drain", "default", "clod")
+    assert unknown.returncode == 3
+    assert "has no provider 'clod' (it has: onprem, cloud)" in unknown.stderr
+    assert kit.get("providerchains", "default")["metadata"]["resourceVersion"] == version
+    assert run("undrain", "default", "cloud").returncode == 0
+    assert not kit.get("providerchains", "default")["spec"].get("drains")
+    idle = run("undrain", "default", "cloud")
+    assert idle.returncode == 0
+    assert "not drained; nothing changed" in idle.stderr
+
+    # replay on another provider: same request, labelled with its origin.
+    replayed = run("replay", "first", "--provider", "cloud", "--name", "first-on-cloud", "--wait")
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout.strip() == "[cloud] echo: hi"
+    copy = kit.get("delegatedtasks", "first-on-cloud")
+    assert copy["metadata"]["labels"]["chainop.dev/replay-of"] == "first"
+    assert copy["spec"]["routing"]["preferredProvider"] == "cloud"
+    assert copy["spec"]["request"] == kit.get("delegatedtasks", "first")["spec"]["request"]
+
+    explained = run("explain", "default")
+    assert explained.returncode == 0, explained.stderr
+    assert "ProviderChain default" in explained.stdout
+    assert "onprem (Sovereign, openai):" in explained.stdout
+    assert "cloud (Standard, openai):" in explained.stdout
+
+
+def test_error_paths_say_why_and_create_nothing(kit: Kit, kubeconfig, tmp_path):
+    run = lambda *args: plugin(kubeconfig, kit.namespace, *args)  # noqa: E731
+    task = write_task(tmp_path / "t.yaml", "orphan", {"allowDelegation": True})
+
+    no_chain = run("submit", "-f", str(task))
+    assert no_chain.returncode == 3, no_chain.stderr
+    assert "ProviderChain 'default' not found" in no_chain.stderr
+    assert run("decide", "-f", str(task)).returncode == 3
+    assert run("drain", "default", "cloud").returncode == 3
+    assert run("explain", "default").returncode == 3
+    missing = run("result", "nope")
+    assert missing.returncode == 3
+    assert "DelegatedTask 'nope' not found" in missing.stderr
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("spec:\n  chain: default\n  request: {messages: [{role: robot}]}\n")
+    rejected = run("submit", "-f", str(bad))
+    assert rejected.returncode == 2
+    assert "spec.request.messages.0.role" in rejected.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("spec: [unclosed\n")
+    assert run("submit", "-f", str(broken)).returncode == 2
+    assert task_names(kit) == []
+
+    # A task nobody runs (no operator here) has no result yet.
+    kit.create_chain("default", [kit.provider("cloud", "http://127.0.0.1:9", "Standard")])
+    kit.create_task("waiting")
+    pending = run("result", "waiting")
+    assert pending.returncode == 6
+    assert "no result yet" in pending.stderr
+
+
+def test_no_cluster_is_exit_code_4(tmp_path):
+    closed = cluster_helpers.free_port()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "gone", "cluster": {"server": f"https://127.0.0.1:{closed}"}}
+                ],
+                "users": [{"name": "me", "user": {"token": "t"}}],
+                "contexts": [{"name": "gone", "context": {"cluster": "gone", "user": "me"}}],
+                "current-context": "gone",
+            }
+        )
+    )
+    task = write_task(tmp_path / "t.yaml", "t", {})
+    for args in (("get",), ("status",), ("submit", "-f", str(task)), ("drain", "c", "p")):
+        result = plugin(kubeconfig, "default", *args)
+        assert result.returncode == 4, (args, result.stderr)
+        assert f"cannot reach the cluster at https://127.0.0.1:{closed}" in result.stderr
+    unknown_context = plugin(kubeconfig, "default", "get", "--context", "nope")
+    assert unknown_context.returncode == 4
+    assert "context 'nope' is not in the kubeconfig" in unknown_context.stderr
