@@ -21,12 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
 
 import yaml
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
-from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
 from pydantic import BaseModel, ValidationError
-from urllib3.exceptions import HTTPError as Urllib3Error
 
 from chainop.core.models import API_VERSION, GROUP, VERSION
 
@@ -75,6 +70,15 @@ class ConsoleError(Exception):
 
 def fail(code: int, message: str) -> NoReturn:
     raise ConsoleError(code, message)
+
+
+class ApiError(Exception):
+    """The API server answered an error other than 404/401/403 (e.g. 409, 422)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
 
 
 # --------------------------------------------------------------------------- input
@@ -146,6 +150,9 @@ class Target:
 
 
 def _context_entry(target: Target) -> dict[str, Any]:
+    from kubernetes import config as k8s_config
+    from kubernetes.config.config_exception import ConfigException
+
     try:
         contexts, active = k8s_config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
             config_file=target.kubeconfig
@@ -168,6 +175,12 @@ class Cluster:
     """
 
     def __init__(self, target: Target) -> None:
+        # The kubernetes client is imported here, not at the top: it is most of a
+        # command's start-up time, and --help, completion and decide --offline need none.
+        from kubernetes import client as k8s
+        from kubernetes import config as k8s_config
+        from kubernetes.config.config_exception import ConfigException
+
         entry = _context_entry(target)
         context = entry.get("context") or {}
         self.namespace: str = target.namespace or context.get("namespace") or "default"
@@ -186,6 +199,9 @@ class Cluster:
 
     def call(self, what: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run one API call; ``what`` names the object for the error message."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
         try:
             return fn(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
         except ApiException as error:
@@ -194,7 +210,7 @@ class Cluster:
                 fail(NOT_FOUND, f"{what} not found in namespace {self.namespace!r}")
             if status in (401, 403):
                 fail(UNREACHABLE, f"the cluster refused access to {what} (HTTP {status})")
-            raise
+            raise ApiError(status, api_message(error)) from None
         except (OSError, Urllib3Error) as error:
             host = self.api_client.configuration.host
             fail(UNREACHABLE, f"cannot reach the cluster at {host}: {type(error).__name__}")
@@ -241,13 +257,13 @@ class Cluster:
                 TASKS,
                 body,
             )
-        except ApiException as error:
-            fail(USAGE, f"the API server rejected the task: {api_message(error)}")
+        except ApiError as error:
+            fail(USAGE, f"the API server rejected the task: {error.message}")
         return obj
 
     def patch_chain(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """Merge-patch a chain; put ``metadata.resourceVersion`` in to make it conditional
-        (ApiException 409 then means someone changed it first)."""
+        (``ApiError`` 409 then means someone changed it first)."""
         obj: dict[str, Any] = self.call(
             f"ProviderChain {name!r}",
             self.custom.patch_namespaced_custom_object,
@@ -272,7 +288,7 @@ class Cluster:
             obj = self.call(
                 f"Deployment {name!r}", self.apps.read_namespaced_deployment, name, self.namespace
             )
-        except (ConsoleError, ApiException):
+        except (ConsoleError, ApiError):
             return None
         result: dict[str, Any] = self.api_client.sanitize_for_serialization(obj)
         return result
@@ -295,7 +311,7 @@ def no_such_provider(chain: str, provider: str, names: Sequence[str]) -> NoRetur
     )
 
 
-def api_message(error: ApiException) -> str:
+def api_message(error: Any) -> str:
     """The API server's own message of an error (its JSON body), else the reason."""
     try:
         return str(json.loads(error.body or "{}").get("message") or error.reason)
@@ -325,6 +341,32 @@ def provider_status(chain: dict[str, Any], provider: str) -> dict[str, Any]:
         if entry.get("name") == provider:
             return dict(entry)
     return {}
+
+
+def drain_of(
+    chain: dict[str, Any], provider: str, *, now: datetime | None = None
+) -> dict[str, Any]:
+    """The drain in effect for ``provider``: the status's, else an unexpired entry of
+    ``spec.drains`` (the operator may not have reported it yet) — {} when none."""
+    reported = provider_status(chain, provider).get("drain")
+    if reported:
+        return dict(reported)
+    moment = now or datetime.now(tz=UTC)
+    for entry in (chain.get("spec") or {}).get("drains") or []:
+        if entry.get("provider") != provider:
+            continue
+        if entry.get("until") and parse_time(str(entry["until"])) <= moment:
+            continue
+        return dict(entry)
+    return {}
+
+
+def drain_text(drain: dict[str, Any]) -> str:
+    """``by alice until 2026-...: reason`` (empty when not drained)."""
+    if not drain:
+        return ""
+    text = f"by {drain.get('by') or '?'} until {drain.get('until') or 'undrained'}"
+    return text + (f": {drain['reason']}" if drain.get("reason") else "")
 
 
 def phase(task: dict[str, Any]) -> str:

@@ -144,6 +144,8 @@ def test_every_command_against_the_operator(kit: Kit, operator, backends, kubeco
     assert entry["reason"] == "incident 42"
     assert entry["by"]
     assert entry["since"] < entry["until"]
+    shown = json.loads(run("status", "-o", "json").stdout)["chains"][0]["providers"][1]
+    assert shown["drain"]["reason"] == "incident 42"
     version = kit.get("providerchains", "default")["metadata"]["resourceVersion"]
     unknown = run("drain", "default", "clod")
     assert unknown.returncode == 3

@@ -196,3 +196,21 @@ def test_route_is_decide_then_strategy_then_adaptive():
     assert routing.route(chain, task, latency=latency) == expected
     assert expected.providers == ("c", "b")  # the head skipped, then the faster first
     assert routing.route(chain, task).providers == ("b", "c")
+
+
+def test_drain_in_effect_prefers_status_and_ignores_expired_entries():
+    now = console.parse_time("2026-12-02T10:00:00Z")
+    chain = {
+        "spec": {
+            "drains": [
+                {"provider": "a", "by": "ann", "until": "2026-12-02T09:00:00Z"},
+                {"provider": "b", "by": "bob", "reason": "maintenance"},
+            ]
+        },
+        "status": {"providers": [{"name": "c", "drain": {"provider": "c", "by": "cy"}}]},
+    }
+    assert console.drain_of(chain, "a", now=now) == {}
+    assert console.drain_text(console.drain_of(chain, "b", now=now)) == (
+        "by bob until undrained: maintenance"
+    )
+    assert console.drain_of(chain, "c", now=now)["by"] == "cy"

@@ -70,6 +70,7 @@ def decision_data(
                 "state": entry.get("state") or ("Healthy" if chain is None else "Unknown"),
                 "eligible": spec.name in decision.providers,
                 "reason": entry.get("reason") or "",
+                "drain": console.drain_of(chain, spec.name) if chain is not None else {},
             }
         )
     return {
@@ -100,7 +101,13 @@ def render(data: dict[str, Any]) -> str:
     head += "\n"
     order = {name: i + 1 for i, name in enumerate(data["providers"])}
     rows = [
-        (order.get(p["name"], "-"), p["name"], p["privacyTier"], p["state"], p["reason"])
+        (
+            order.get(p["name"], "-"),
+            p["name"],
+            p["privacyTier"],
+            p["state"],
+            p["reason"] or ("drained " + console.drain_text(p["drain"]) if p["drain"] else ""),
+        )
         for p in data["states"]
     ]
     return head + console.table(("order", "provider", "tier", "state", "reason"), rows)

@@ -14,8 +14,6 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
 from chainop import console
 from chainop.commands import add_parser, connect
 
@@ -118,12 +116,10 @@ def edit_drains(
         }
         try:
             return cluster.patch_chain(chain_name, patch)
-        except ApiException as error:
+        except console.ApiError as error:
             if error.status == 409:
                 continue
-            console.fail(
-                console.FAILED, f"the API server rejected the change: {console.api_message(error)}"
-            )
+            console.fail(console.FAILED, f"the API server rejected the change: {error.message}")
     console.fail(
         console.FAILED,
         f"ProviderChain {chain_name!r} kept changing under us "

@@ -43,9 +43,8 @@ def _load(load: dict[str, Any] | None) -> str:
     return text
 
 
-def provider_lines(entry: dict[str, Any], spec: dict[str, Any]) -> list[str]:
+def provider_lines(entry: dict[str, Any], spec: dict[str, Any], drain: dict[str, Any]) -> list[str]:
     """The lines of one provider, only the fields that say something."""
-    drain = entry.get("drain") or {}
     fields = [
         ("reason", entry.get("reason")),
         ("last error", entry.get("lastError")),
@@ -108,7 +107,10 @@ def run(args: argparse.Namespace) -> int:
         "providers:",
     ]
     for spec in (chain.get("spec") or {}).get("providers") or []:
-        lines += provider_lines(console.provider_status(chain, spec["name"]), spec)
+        name = spec["name"]
+        lines += provider_lines(
+            console.provider_status(chain, name), spec, console.drain_of(chain, name)
+        )
     lines += ["", f"last {len(events)} events:" if events else "no events"]
     for e in events:
         when = console.age(e.get("lastTimestamp") or e.get("eventTime"))

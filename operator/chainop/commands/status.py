@@ -14,7 +14,6 @@ from typing import Any
 
 from chainop import console
 from chainop.commands import add_parser, connect
-from chainop.operator.restarts import ledger_from
 
 EXAMPLES = """\
   kubectl chainop status
@@ -41,6 +40,8 @@ def restarts_left(
 ) -> int | None:
     """maxRestartsPerHour minus the backend's restarts in the last hour (None: no backend,
     or its Deployment cannot be read with these credentials)."""
+    from chainop.operator.restarts import ledger_from  # aiohttp: only when needed
+
     backend = (provider.get("backend") or {}).get("deployment")
     if not backend:
         return None
@@ -58,7 +59,7 @@ def chain_data(cluster: console.Cluster, chain: dict[str, Any]) -> dict[str, Any
     providers = []
     for spec in (chain.get("spec") or {}).get("providers") or []:
         entry = console.provider_status(chain, spec["name"])
-        drain = entry.get("drain") or {}
+        drain = console.drain_of(chain, spec["name"])
         providers.append(
             {
                 "name": spec["name"],
@@ -105,12 +106,7 @@ def render(data: dict[str, Any]) -> str:
     rows = []
     for chain in data["chains"]:
         for p in chain["providers"]:
-            drain = p["drain"]
-            drained = (
-                f"by {drain.get('by') or '?'} until {drain.get('until') or 'undrained'}"
-                if drain
-                else ""
-            )
+            drained = console.drain_text(p["drain"])
             left = p["restartsLeftThisHour"]
             rows.append(
                 (
