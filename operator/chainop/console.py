@@ -45,8 +45,9 @@ NOT_FINISHED = 6
 
 EXIT_CODES_HELP = """exit codes:
   0  success (submit --wait / result: the task Succeeded)
-  1  the task Failed, or the change could not be written
-  2  bad usage or bad input file (nothing was created)
+  1  the task Failed; decide: no provider is eligible; drain: change refused
+  2  bad usage, a bad input file, or the API server rejected the object
+     (e.g. the name is taken): nothing was created
   3  chain, task or provider not found (nothing was changed)
   4  cannot reach the cluster, or it refused the credentials
   5  --wait timed out

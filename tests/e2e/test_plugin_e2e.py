@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 import yaml
 
 from chainop.core.models import GROUP, VERSION
+from chainop.operator.restarts import HISTORY as RESTART_HISTORY
 from chainop.testing import cluster as cluster_helpers
 from tests.e2e.kit import Kit
 
@@ -230,3 +232,55 @@ def test_no_cluster_is_exit_code_4(tmp_path):
     unknown_context = plugin(kubeconfig, "default", "get", "--context", "nope")
     assert unknown_context.returncode == 4
     assert "context 'nope' is not in the kubeconfig" in unknown_context.stderr
+
+
+def test_concurrent_drains_lose_nothing_and_restarts_left_count_the_hour(
+    kit: Kit, kubeconfig, tmp_path
+):
+    names = ["a", "b", "c", "d"]
+    kit.create_chain(
+        "default",
+        [kit.provider(n, "http://127.0.0.1:9", "Standard") for n in names[:-1]]
+        + [kit.provider("d", "http://127.0.0.1:9", "Sovereign", backend={"deployment": "d"})],
+        selfHealing={"maxRestartsPerHour": 3},
+    )
+    # Four people drain four providers at once: each patch is conditional on the version
+    # it read, and a lost race re-reads, so every entry survives.
+    racers = [
+        subprocess.Popen(
+            [
+                str(PLUGIN),
+                "drain",
+                "default",
+                name,
+                "--reason",
+                f"r-{name}",
+                "-n",
+                kit.namespace,
+                "--kubeconfig",
+                str(kubeconfig),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in names
+    ]
+    for racer in racers:
+        _, err = racer.communicate(timeout=60)
+        assert racer.returncode == 0, err
+    drains = kit.get("providerchains", "default")["spec"]["drains"]
+    assert sorted((d["provider"], d["reason"]) for d in drains) == [(n, f"r-{n}") for n in names]
+
+    # Restarts left this hour: maxRestartsPerHour minus the backend's recent restarts,
+    # read from the Deployment's ledger (one an hour ago no longer counts).
+    kit.create_deployment("d")
+    now = time.time()
+    kit.api.apps.patch_namespaced_deployment(
+        "d",
+        kit.namespace,
+        {"metadata": {"annotations": {RESTART_HISTORY: f"{now - 7200:.3f},{now - 60:.3f}"}}},
+    )
+    status = json.loads(plugin(kubeconfig, kit.namespace, "status", "-o", "json").stdout)
+    left = {p["name"]: p["restartsLeftThisHour"] for p in status["chains"][0]["providers"]}
+    assert left == {"a": None, "b": None, "c": None, "d": 2}
