@@ -201,6 +201,9 @@ def test_error_paths_say_why_and_create_nothing(kit: Kit, kubeconfig, tmp_path):
 
     # A task nobody runs (no operator here) has no result yet.
     kit.create_chain("default", [kit.provider("cloud", "http://127.0.0.1:9", "Standard")])
+    unreported = run("decide", "-f", str(task))
+    assert unreported.returncode == 0, unreported.stderr
+    assert "the chain has no status yet (is the operator running?)" in unreported.stdout
     kit.create_task("waiting")
     pending = run("result", "waiting")
     assert pending.returncode == 6

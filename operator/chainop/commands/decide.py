@@ -83,6 +83,8 @@ def decision_data(
         "activeOrder": order if order is not None else [p.name for p in chain_spec.providers],
         "states": providers,
         "offline": chain is None,
+        "ready": console.condition(chain, "Ready") if chain is not None else {},
+        "reported": bool(status),
     }
 
 
@@ -96,6 +98,14 @@ def render(data: dict[str, Any]) -> str:
         )
         + f"\nrule {data['rule']}: {data['reason']}\n"
     )
+    if not data["offline"] and not data["reported"]:
+        head += "the chain has no status yet (is the operator running?): the spec's order\n"
+    ready = data["ready"]
+    if ready and ready.get("status") != "True":
+        head += (
+            f"chain not Ready ({ready.get('reason')}: {ready.get('message')}): "
+            "the operator would hold the task until it is\n"
+        )
     if data["offline"]:
         head += "(offline: the spec's order, every provider assumed Healthy)\n"
     head += "\n"
