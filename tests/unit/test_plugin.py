@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from chainop import cli, console
 from chainop.commands import drain
@@ -214,3 +216,28 @@ def test_drain_in_effect_prefers_status_and_ignores_expired_entries():
         "by bob until undrained: maintenance"
     )
     assert console.drain_of(chain, "c", now=now)["by"] == "cy"
+
+
+@given(
+    hours=st.integers(0, 48),
+    minutes=st.integers(0, 59),
+    seconds=st.integers(0, 59),
+)
+def test_duration_reads_what_kubectl_style_writes(hours, minutes, seconds):
+    text = "".join(
+        f"{value}{unit}" for value, unit in ((hours, "h"), (minutes, "m"), (seconds, "s")) if value
+    )
+    total = hours * 3600 + minutes * 60 + seconds
+    if total == 0:
+        with pytest.raises(argparse.ArgumentTypeError):
+            drain.duration(text)
+    else:
+        assert drain.duration(text).total_seconds() == total
+
+
+@given(st.lists(st.tuples(st.text("ab c", max_size=6), st.text("xyz", max_size=9)), max_size=5))
+def test_table_columns_line_up(rows):
+    lines = console.table(("name", "value"), rows).splitlines()
+    start = lines[0].index("VALUE")
+    for line, (_, value) in zip(lines[1:], rows, strict=True):
+        assert line[start:] == value
