@@ -173,6 +173,7 @@ def test_every_command_against_the_operator(kit: Kit, operator, backends, kubeco
     assert "ProviderChain default" in explained.stdout
     assert "onprem (Sovereign, openai):" in explained.stdout
     assert "cloud (Standard, openai):" in explained.stdout
+    assert "Normal  Validated: 2 providers" in explained.stdout
 
 
 def test_error_paths_say_why_and_create_nothing(kit: Kit, kubeconfig, tmp_path):

@@ -241,3 +241,14 @@ def test_table_columns_line_up(rows):
     start = lines[0].index("VALUE")
     for line, (_, value) in zip(lines[1:], rows, strict=True):
         assert line[start:] == value
+
+
+def test_spend_prefers_the_chains_own_ledger():
+    from chainop.commands import status
+
+    task = {"status": {"result": {"provider": "openai", "costUSD": 0.5, "extraCostUSD": 0.25}}}
+    summed = status.spend_data([{"spend": None}], [task, {"status": {}}])
+    assert summed == {"source": "sum of task costs", "usd": 0.75, "byProvider": {"openai": 0.75}}
+    kept = {"windowStart": "2026-12-02T00:00:00Z", "usd": "2.5", "byProvider": {"openai": 2.5}}
+    ledger = status.spend_data([{"spend": kept}, {"spend": None}], [task])
+    assert ledger == {"source": "chain status.spend", "usd": 2.5, "byProvider": {"openai": 2.5}}
