@@ -122,6 +122,7 @@ def node_vllm_deployment(port: int) -> dict[str, Any]:
 
 
 def node_live(demo: Demo) -> bool:
+    """Whether ``hack/node-status.sh`` says a node is up."""
     script = demo.root / "hack" / "node-status.sh"
     try:
         result = subprocess.run(
@@ -159,6 +160,7 @@ def use_node(demo: Demo) -> bool:
 
 
 def vllm_pods(demo: Demo) -> list[dict[str, Any]]:
+    """The vllm Deployment's pods, as kubectl lists them ([] when it cannot)."""
     result = cluster.kubectl(
         "get", "pods", "-n", demo.ns, "-l", "app.kubernetes.io/name=vllm", "-o", "json",
         check=False,
