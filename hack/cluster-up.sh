@@ -102,10 +102,10 @@ fi
 
 # ---------------------------------------------------------------- already up?
 # An apiserver started by an older version of this script lacks the node flags (and maybe
-# the kubelet client cert): restart it once (etcd and the data stay; ~3 s).
+# the kubelet client cert) or endpoint routing: restart it once (etcd and the data stay; ~3 s).
 if pid_alive kube-apiserver kube-apiserver \
-    && ! tr '\0' ' ' <"/proc/$(cat "$RUN/kube-apiserver.pid")/cmdline" | grep -q -- '--kubelet-preferred-address-types'; then
-    log "the running kube-apiserver predates the node flags (--kubelet-*): restarting it"
+    && ! tr '\0' ' ' <"/proc/$(cat "$RUN/kube-apiserver.pid")/cmdline" | grep -q -- '--enable-aggregator-routing'; then
+    log "the running kube-apiserver predates the node and webhook flags: restarting it"
     restart_apiserver=1
 fi
 if [[ -z "${restart_apiserver:-}" ]] && pid_alive etcd "$ETCD_BIN" && pid_alive kube-apiserver kube-apiserver \
@@ -205,6 +205,8 @@ wait_for etcd 30 curl -fsS -m 2 "http://127.0.0.1:$ETCD_PORT/health" \
     || { tail_log etcd; die "etcd did not become healthy"; }
 
 # ---------------------------------------------------------------- kube-apiserver
+# --enable-aggregator-routing: the API server reaches a webhook Service (chainop's
+# admission) at its endpoints' pod IPs; there is no kube-proxy here to make a ClusterIP work.
 if [[ -n "${restart_apiserver:-}" ]] && pid_alive kube-apiserver kube-apiserver; then
     old_pid="$(cat "$RUN/kube-apiserver.pid")"
     kill -TERM "$old_pid" 2>/dev/null || true
@@ -229,6 +231,7 @@ if ! pid_alive kube-apiserver kube-apiserver; then
         --authorization-mode RBAC \
         --service-cluster-ip-range "$SERVICE_CIDR" \
         --endpoint-reconciler-type none \
+        --enable-aggregator-routing=true \
         --profiling=false
 fi
 apiserver_ready() {  # /readyz says ok; every ~10 s, say which checks still fail

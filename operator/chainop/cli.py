@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 import chainop
+from chainop.operator.admission_config import add_admission_args
 
 
 def _peering_lifetime(value: str) -> int:
@@ -116,6 +117,7 @@ def build_parser(prog: str = "chainop") -> argparse.ArgumentParser:
     )
     run.add_argument("--log-format", choices=["plain", "full", "json"], default="full")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_admission_args(run)
 
     sub.add_parser("crds", help="print the CustomResourceDefinitions (YAML)")
     sub.add_parser("version", help="print the version")
@@ -131,9 +133,13 @@ def run(args: argparse.Namespace) -> int:
     import kopf
 
     from chainop.operator import handlers  # noqa: F401  (registers the handlers)
+    from chainop.operator.admission import enable_from_args
     from chainop.operator.config import OperatorConfig
     from chainop.redact import install_log_filter
 
+    if (problem := enable_from_args(args)) is not None:
+        print(f"chainop run: {problem}", file=sys.stderr)
+        return 2
     fmt = {
         "plain": kopf.LogFormat.PLAIN,
         "full": kopf.LogFormat.FULL,

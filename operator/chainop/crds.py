@@ -170,7 +170,7 @@ PROVIDER_CHAIN = Resource(
             name="Healthy",
             type="string",
             json_path=".status.healthySummary",
-            description="Healthy providers / providers in the chain.",
+            description="Healthy providers / providers in the chain (and how many drained).",
         ),
         Column(
             name="Active",

@@ -175,6 +175,13 @@ class Metrics:
             ["namespace", "chain", "reason", "action"],
             registry=r,
         )
+        self.drain_changes = Counter(
+            "chainop_drain_transitions_total",
+            "Providers drained or undrained by hand (spec.drains), by transition (Drained, "
+            "Undrained: lifted by hand, Expired: its until passed).",
+            ["namespace", "chain", "provider", "transition"],
+            registry=r,
+        )
         self.status_writes = Counter(
             "chainop_status_writes_total",
             "Status patches chainop sent to the API server, by resource kind.",

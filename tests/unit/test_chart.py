@@ -38,6 +38,7 @@ NAMESPACED_ALLOWED: dict[tuple[str, str], dict[str, str]] = {
     ("chainop.dev", "providerchains"): {
         "list": "kopf watch of ProviderChains (handlers.chain_event): initial list",
         "watch": "kopf watch of ProviderChains (handlers.chain_event)",
+        "get": "admission (admission.enabled): validate_task -> KubeClient.read_chain",
     },
     ("chainop.dev", "delegatedtasks"): {
         "list": "kopf watch of DelegatedTasks (handlers.task_event): initial list",
@@ -333,7 +334,10 @@ def test_optional_objects_are_off_by_default_and_render_when_on():
     _, objects = render([])
     assert not of_kind(objects, "ServiceMonitor")
     assert not of_kind(objects, "ConfigMap")
-    assert [s["metadata"]["name"] for s in of_kind(objects, "Service")] == ["rel-chainop-metrics"]
+    assert [s["metadata"]["name"] for s in of_kind(objects, "Service")] == [
+        "rel-chainop-metrics",
+        "rel-chainop-webhook",  # admission is on by default (test_admission_chart.py)
+    ]
 
     _, objects = render(["metrics.serviceMonitor.enabled=true", "metrics.dashboard.enabled=true"])
     (monitor,) = of_kind(objects, "ServiceMonitor")

@@ -843,10 +843,15 @@ class ProviderChainStatus(_StatusModel):
     healthy: int = Field(default=0, ge=0, description="Providers currently Healthy.")
     total: int = Field(default=0, ge=0, description="Providers in the chain.")
     healthy_summary: str = Field(
-        default="", description='Healthy/total, e.g. "2/3" (the HEALTHY column of kubectl get).'
+        default="",
+        description=(
+            'Healthy/total, e.g. "2/3", and "2/3 (1 drained)" while providers are drained by '
+            "hand (the HEALTHY column of kubectl get)."
+        ),
     )
     active_order: list[str] = Field(
-        default_factory=list, description="Providers in use, in order (Excluded ones left out)."
+        default_factory=list,
+        description="Providers in use, in order (Excluded and Drained ones left out).",
     )
     active: str = Field(default="", description="Head of activeOrder (for kubectl get).")
     effective_privacy_tier: PrivacyTier | None = Field(

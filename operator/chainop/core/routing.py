@@ -21,15 +21,18 @@ DESIGN.md's six rules, in strict precedence:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 
 from chainop.core import adaptive
+from chainop.core import drains as drain_rules
 from chainop.core.latency import LatencyStats
 from chainop.core.models import (
     PRIVACY_ORDER,
     DelegatedTaskSpec,
     PrivacyTier,
     ProviderChainSpec,
+    ProviderDrain,
     ProviderSpec,
     Strategy,
 )
@@ -62,17 +65,44 @@ def decide(
     task: DelegatedTaskSpec,
     *,
     active_order: Sequence[str] | None = None,
+    now: datetime | None = None,
 ) -> RoutingDecision:
     """Apply the six routing rules. Purely computational, no side effects.
 
     ``active_order`` is the chain's ``status.activeOrder`` (Excluded providers left out);
     None means the spec's order. Names in it that the spec does not know are ignored.
+    Providers drained by hand at ``now`` (``spec.drains``, see ``chainop.core.drains``)
+    are left out too — the terminus included: a drain is a human's explicit intent, so
+    the last provider still in service is the terminus — and the reason names them.
+    ``now`` None (no clock at hand, e.g. an offline preview) counts every drain entry.
     """
     by_name = {p.name: p for p in chain.providers}
     if active_order is None:
         order = [p.name for p in chain.providers]
     else:
         order = [name for name in active_order if name in by_name]
+    drained = drain_rules.in_effect(chain, now=now)
+    decision = _decide(chain, task, [n for n in order if n not in drained], drained=drained)
+    if not drained:
+        return decision
+    # Who the same rule would have admitted without drains: the ones to name as skipped.
+    # Drained providers count even when the given order lacks them (status.activeOrder
+    # already leaves them out), so a decision made from status still names them.
+    undrained_order = [p.name for p in chain.providers if p.name in order or p.name in drained]
+    admitted = _decide(chain, task, undrained_order, drained={}).providers
+    note = drain_rules.terminus_note(admitted, drained)
+    return replace(decision, reason=decision.reason + note)
+
+
+def _decide(
+    chain: ProviderChainSpec,
+    task: DelegatedTaskSpec,
+    order: list[str],
+    *,
+    drained: Mapping[str, ProviderDrain],
+) -> RoutingDecision:
+    """The six rules over ``order`` (the providers in service, in order)."""
+    by_name = {p.name: p for p in chain.providers}
     routing = task.routing
     preferred = routing.preferred_provider.strip()
 
@@ -107,9 +137,10 @@ def decide(
                 rule=4,
                 local_only=False,
             )
+        why = "drained" if preferred in drained else "excluded"
         return RoutingDecision(
             providers=tuple(order),
-            reason=f"preferredProvider={preferred} is excluded; using the active order",
+            reason=f"preferredProvider={preferred} is {why}; using the active order",
             rule=4,
             local_only=False,
         )
@@ -117,7 +148,7 @@ def decide(
     if preferred in ("", "auto"):
         reason = "preferredProvider=auto: active order"
         if not order:
-            reason += "; every provider is excluded"
+            reason += "; every provider is excluded" if not drained else "; no provider is left"
         return RoutingDecision(providers=tuple(order), reason=reason, rule=5, local_only=False)
     # Rule 6.
     return local_only(f"unknown preferredProvider={preferred} → fail-safe", 6)
@@ -161,6 +192,7 @@ def route(
     *,
     active_order: Sequence[str] | None = None,
     latency: Mapping[str, LatencyStats] | None = None,
+    now: datetime | None = None,
 ) -> RoutingDecision:
     """The decision a task gets: the six rules, the chain's strategy, its adaptive order.
 
@@ -168,8 +200,9 @@ def route(
     (before anything is created) both call, so the plugin can never explain a decision the
     operator would not make. ``latency`` is the operator's in-memory EWMA per provider;
     the plugin has none (it is not in status), and without measurements the adaptive step
-    changes nothing. Purely computational.
+    changes nothing. ``now`` is when drains are judged (see ``decide``). Purely
+    computational.
     """
-    decision = decide(chain, task, active_order=active_order)
+    decision = decide(chain, task, active_order=active_order, now=now)
     decision = apply_strategy(chain, decision)
     return adaptive.adapt(chain, decision, latency or {})

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chainop.core import conditions, healing, routing
+from chainop.core import drains as drain_rules
 from chainop.core import health as health_rules
 from chainop.core.health import ProviderHealth
 from chainop.core.models import (
@@ -50,8 +51,13 @@ def chain_status(
     """
     by_name = {h.name: h for h in health}
     ordered = [by_name.get(p.name) or ProviderHealth(name=p.name) for p in spec.providers]
-    statuses = [health_rules.to_status(h, now=now) for h in ordered]
-    order = healing.active_order([p.name for p in spec.providers], ordered)
+    drained = drain_rules.in_effect(spec, now=utc(now))
+    statuses = drain_rules.mark([health_rules.to_status(h, now=now) for h in ordered], drained)
+    order = [
+        name
+        for name in healing.active_order([p.name for p in spec.providers], ordered)
+        if name not in drained
+    ]
     healthy = sum(1 for s in statuses if s.state is ProviderState.HEALTHY)
     usable = [
         s.name
@@ -65,9 +71,13 @@ def chain_status(
     elif not usable:
         ready, reason = "False", "NoHealthyProvider"
         message = "every provider is Unhealthy or Excluded; tasks will fail until one recovers"
+        if drained:
+            message = "every provider is Unhealthy, Excluded or Drained; tasks will fail"
     else:
         ready, reason = "True", "ProvidersAvailable"
         message = f"{healthy}/{len(statuses)} providers healthy; active order: {', '.join(order)}"
+    if drained:
+        message += "; drained: " + ", ".join(sorted(drained))
     updated = conditions.set_condition(
         previous_conditions,
         type=READY,
@@ -77,16 +87,57 @@ def chain_status(
         now=stamp,
         observed_generation=generation,
     )
+    updated = drains_condition(spec, updated, now=stamp, generation=generation)
     return ProviderChainStatus(
         observed_generation=generation,
         conditions=updated,
         healthy=healthy,
         total=len(statuses),
-        healthy_summary=f"{healthy}/{len(statuses)}",
+        healthy_summary=drain_rules.summary(
+            healthy=healthy, total=len(statuses), drained=len(drained)
+        ),
         active_order=order,
         active=order[0] if order else "",
         effective_privacy_tier=routing.effective_privacy_tier(spec),
         providers=statuses,
+    )
+
+
+def drains_condition(
+    spec: ProviderChainSpec,
+    previous: Sequence[Condition],
+    *,
+    now: datetime,
+    generation: int | None,
+) -> list[Condition]:
+    """The ``DrainsValid`` condition, present while ``spec.drains`` has entries.
+
+    False (reason ``UnknownProvider``) when an entry names a provider the chain lacks:
+    such an entry is ignored, with this warning — never a reason to invalidate the chain.
+    """
+    kept = [c for c in previous if c.type != drain_rules.DRAINS_VALID]
+    if not spec.drains:
+        return kept
+    unknown = drain_rules.ignored(spec)
+    if unknown:
+        status: conditions.Status = "False"
+        reason, message = (
+            "UnknownProvider",
+            (
+                "spec.drains names " + ", ".join(unknown) + ", not a provider of this chain; "
+                "ignored (the chain itself is unaffected)"
+            ),
+        )
+    else:
+        status, reason, message = "True", "AllDrainsKnown", "every drain names a provider"
+    return conditions.set_condition(
+        previous,
+        type=drain_rules.DRAINS_VALID,
+        status=status,
+        reason=reason,
+        message=message,
+        now=now,
+        observed_generation=generation,
     )
 
 

@@ -378,6 +378,19 @@ class KubeClient:
             {"status": status},
         )
 
+    async def read_chain(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A ProviderChain as a dict, or None if it does not exist (admission: a task's
+        chain is read by name, because a standby replica watches nothing)."""
+        try:
+            obj = await self._call(
+                self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, CHAINS, name
+            )
+        except KubeError as error:
+            if error.not_found:
+                return None
+            raise
+        return cast(dict[str, Any], obj)
+
     async def read_peering(self, name: str, namespace: str | None) -> dict[str, Any] | None:
         """kopf's peering object (ClusterKopfPeering, or KopfPeering in ``namespace``)."""
         try:

@@ -40,6 +40,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from chainop.core import drains as drain_rules
 from chainop.core import endpoints, healing, status
 from chainop.core import health as health_rules
 from chainop.core import load as load_rules
@@ -54,11 +55,13 @@ from chainop.core.models import (
     ProbeMode,
     ProviderChainSpec,
     ProviderChainStatus,
+    ProviderDrain,
     ProviderSpec,
     ProviderStatus,
 )
 from chainop.kube.client import CHAINS, KubeClient, KubeError, ObjectRef, SecretError
 from chainop.metrics import Metrics
+from chainop.operator import drains as drain_ops
 from chainop.operator.config import OperatorConfig
 from chainop.operator.leadership import Leadership
 from chainop.operator.restarts import RestartManager
@@ -136,9 +139,10 @@ def validation_message(error: ValidationError) -> str:
     parts = []
     for item in error.errors()[:5]:
         where = ".".join(str(p) for p in item.get("loc", ()))
-        parts.append(
-            f"spec.{where}: {item.get('msg', 'invalid')}" if where else item.get("msg", "")
-        )
+        # Our validators' messages name their field already ("spec.hedge: ..."): no
+        # second field, and no pydantic "Value error, " in front (admission shows them).
+        msg = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"spec.{where}: {msg}" if where and not msg.startswith("spec.") else msg)
     more = len(error.errors()) - 5
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
@@ -172,6 +176,8 @@ class ChainRuntime:
     restart_notices: dict[str, float] = field(default_factory=dict)
     #: Providers whose wedge was already announced (Event, metric, exclusion).
     wedge_announced: set[str] = field(default_factory=set)
+    #: The drains the last written (or resumed) status showed, for once-only Events.
+    drains_shown: dict[str, ProviderDrain] = field(default_factory=dict)
 
     @property
     def ref(self) -> ObjectRef:
@@ -256,6 +262,9 @@ class ChainRuntime:
             for h in (self.board.all() if self.board else [])
             if h.cooldown_until is not None and h.cooldown_until > now
         ]
+        if self.spec is not None:  # a drain's until is a change time makes on its own too
+            ends = drain_rules.next_end(self.spec, now=status.utc(now))
+            expiries += [ends.timestamp()] if ends is not None else []
         self.next_expiry = min(expiries) if expiries else None
         if self.spec is None or self.board is None:
             reason, message = self.invalid or ("Pending", "")
@@ -338,12 +347,18 @@ class Runtime:
         task.add_done_callback(done)
         return task
 
-    def event(self, ref: ObjectRef, *, type: str, reason: str, message: str) -> None:
-        """Post an Event (in the background), scrubbed, and not twice within 30 s."""
+    def event(
+        self, ref: ObjectRef, *, type: str, reason: str, message: str, dedupe: bool = True
+    ) -> None:
+        """Post an Event (in the background), scrubbed, and not twice within 30 s.
+
+        ``dedupe=False`` for Events already posted once per transition by their caller
+        (drains): a drain lifted and made again within 30 s is two transitions.
+        """
         message = REDACTOR.scrub(message)
         key = (ref.uid or f"{ref.namespace}/{ref.name}", reason, message)
         now = self.clock()
-        if now - self._event_seen.get(key, 0.0) < 30.0:
+        if dedupe and now - self._event_seen.get(key, 0.0) < 30.0:
             return
         if len(self._event_seen) > 10_000:
             self._event_seen = {k: t for k, t in self._event_seen.items() if now - t < 30.0}
@@ -404,6 +419,7 @@ class Runtime:
             previous = ProviderChainStatus.model_validate(body.get("status") or {})
             runtime.conditions = list(previous.conditions)
             resumed = [health_rules.from_status(p) for p in previous.providers]
+            runtime.drains_shown = drain_rules.shown(previous)
         runtime.generation = meta.get("generation")
         now = self.clock()
         try:
@@ -788,6 +804,18 @@ class Runtime:
             return
         name = provider.name
         before = board.get(name)
+        if drain_ops.drained(spec, name, now=now):
+            board.set(
+                drain_rules.observe_probe(
+                    before,
+                    now=now,
+                    ok=outcome.ok,
+                    latency_ms=outcome.latency_ms,
+                    error=outcome.error,
+                    recovery=spec.self_healing.recovery,
+                )
+            )
+            return
         healing_spec = spec.self_healing
         restarting = name in board.restarting
         ok = outcome.ok
@@ -959,7 +987,7 @@ class Runtime:
                 continue
             for provider in spec.providers:
                 health = board.get(provider.name)
-                if not health.wedged:
+                if not health.wedged or drain_ops.drained(spec, provider.name, now=now):
                     runtime.wedge_announced.discard(provider.name)
                     continue
                 if provider.name in runtime.wedge_announced:
@@ -990,6 +1018,8 @@ class Runtime:
         spec, board = runtime.spec, runtime.board
         if spec is None or board is None or provider.backend is None:
             return
+        if drain_ops.drained(spec, provider.name, now=now):
+            return  # out of service by hand: never restarted by self-healing
         deployment = provider.backend.deployment
         healing_spec = spec.self_healing
         health = board.get(provider.name)
@@ -1063,6 +1093,18 @@ class Runtime:
             if not runtime.needs_build(now=now, refresh=self.config.status_refresh_seconds):
                 continue
             built = runtime.build_status(now=now)
+            if runtime.spec is not None:  # an unparsable spec shows no providers at all
+                runtime.drains_shown = drain_ops.announce(
+                    ref=runtime.ref,
+                    namespace=runtime.namespace,
+                    chain=runtime.name,
+                    shown=runtime.drains_shown,
+                    previous_conditions=runtime.conditions,
+                    built=built,
+                    now=now,
+                    post=self.event,
+                    metrics=self.metrics,
+                )
             wire = built.model_dump(by_alias=True, mode="json", exclude_none=False)
             now_significant = significant(wire)
             previous = significant(runtime.written) if runtime.written else None

@@ -466,7 +466,11 @@ class TaskRunner:
             )
             return
         decision = routing.route(
-            chain.spec, spec, active_order=chain.active_order(), latency=chain.board.latency
+            chain.spec,
+            spec,
+            active_order=chain.active_order(),
+            latency=chain.board.latency,
+            now=_time(self.runtime.clock()),
         )
         decided = Decision(
             provider=decision.provider, reason=decision.reason, providers=list(decision.providers)
