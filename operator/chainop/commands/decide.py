@@ -1,15 +1,16 @@
 """``decide``: the routing decision a task would get now, without creating anything.
 
 It calls ``chainop.core.routing.route`` — the function the operator calls when it executes
-a task — on the live chain's spec and ``status.activeOrder`` (so Excluded and, with the
-drains work, Drained providers are left out exactly as the operator leaves them out), and
+a task — on the live chain's spec (its drains, judged now) and ``status.activeOrder`` (so
+Excluded and Drained providers are left out exactly as the operator leaves them out), and
 shows each provider's state next to it. ``--offline -f chain.yaml -f task.yaml`` needs no
-cluster: the spec's order, every provider assumed Healthy.
+cluster: the spec's order, every provider not drained assumed Healthy.
 """
 
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 from typing import Any
 
 from chainop import console
@@ -45,7 +46,7 @@ def register(
     p.add_argument(
         "--offline",
         action="store_true",
-        help="no cluster: the chain comes from -f too; every provider counts as Healthy",
+        help="no cluster: the chain comes from -f too; providers not drained count as Healthy",
     )
     p.set_defaults(handler=run)
 
@@ -55,22 +56,29 @@ def decision_data(
     chain_spec: ProviderChainSpec,
     task: DelegatedTaskSpec,
     chain: dict[str, Any] | None,
+    chain_doc: dict[str, Any],
 ) -> dict[str, Any]:
-    """The decision and each provider's state, as printed by -o json|yaml."""
+    """The decision and each provider's state, as printed by -o json|yaml.
+
+    ``chain`` is the live object (None offline); ``chain_doc`` what the spec came from.
+    """
     status = console.status_of(chain) if chain is not None else {}
     order = status.get("activeOrder") if "activeOrder" in status else None
-    decision = routing.route(chain_spec, task, active_order=order)
+    # Drains judged at the real time, offline too: an entry whose until has passed is over.
+    decision = routing.route(chain_spec, task, active_order=order, now=datetime.now(tz=UTC))
     providers = []
     for spec in chain_spec.providers:
         entry = console.provider_status(chain, spec.name) if chain is not None else {}
+        drain = console.drain_of(chain_doc, spec.name)
+        assumed = "Drained" if drain else "Healthy"  # offline: what the spec alone says
         providers.append(
             {
                 "name": spec.name,
                 "privacyTier": spec.privacy_tier.value,
-                "state": entry.get("state") or ("Healthy" if chain is None else "Unknown"),
+                "state": entry.get("state") or (assumed if chain is None else "Unknown"),
                 "eligible": spec.name in decision.providers,
                 "reason": entry.get("reason") or "",
-                "drain": console.drain_of(chain, spec.name) if chain is not None else {},
+                "drain": drain,
             }
         )
     return {
@@ -107,7 +115,7 @@ def render(data: dict[str, Any]) -> str:
             "the operator would hold the task until it is\n"
         )
     if data["offline"]:
-        head += "(offline: the spec's order, every provider assumed Healthy)\n"
+        head += "(offline: the spec's order, every provider not drained assumed Healthy)\n"
     head += "\n"
     order = {name: i + 1 for i, name in enumerate(data["providers"])}
     rows = [
@@ -147,6 +155,6 @@ def run(args: argparse.Namespace) -> int:
     chain_spec = console.parse_spec(
         ProviderChainSpec, chain_doc, str(chain_doc.get("__source", "chain"))
     )
-    data = decision_data(chain_name, chain_spec, task, chain)
+    data = decision_data(chain_name, chain_spec, task, chain, chain_doc)
     console.emit(data, args.output, lambda: render(data))
     return console.OK if data["providers"] else console.FAILED
