@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -249,33 +250,37 @@ class Cluster:
         body = {**body, "apiVersion": API_VERSION, "kind": "DelegatedTask"}
         body["metadata"] = {**(body.get("metadata") or {}), "namespace": self.namespace}
         try:
-            obj: dict[str, Any] = self.call(
+            obj, _, headers = self.call(
                 "DelegatedTask",
-                self.custom.create_namespaced_custom_object,
+                self.custom.create_namespaced_custom_object_with_http_info,
                 GROUP,
                 VERSION,
                 self.namespace,
                 TASKS,
                 body,
+                _return_http_data_only=False,
             )
         except ApiError as error:
             fail(USAGE, f"the API server rejected the task: {error.message}")
-        return obj
+        show_warnings(headers)
+        return dict(obj)
 
     def patch_chain(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """Merge-patch a chain; put ``metadata.resourceVersion`` in to make it conditional
         (``ApiError`` 409 then means someone changed it first)."""
-        obj: dict[str, Any] = self.call(
+        obj, _, headers = self.call(
             f"ProviderChain {name!r}",
-            self.custom.patch_namespaced_custom_object,
+            self.custom.patch_namespaced_custom_object_with_http_info,
             GROUP,
             VERSION,
             self.namespace,
             CHAINS,
             name,
             patch,
+            _return_http_data_only=False,
         )
-        return obj
+        show_warnings(headers)
+        return dict(obj)
 
     def configmap_text(self, name: str, key: str = "text") -> str:
         cm = self.call(
@@ -310,6 +315,27 @@ def no_such_provider(chain: str, provider: str, names: Sequence[str]) -> NoRetur
         NOT_FOUND,
         f"ProviderChain {chain!r} has no provider {provider!r} (it has: {', '.join(names)})",
     )
+
+
+#: One RFC 7234 warning-value as the API server writes admission warnings: 299 - "text".
+_WARNING = re.compile(r'\d{3} \S+ "((?:[^"\\]|\\.)*)"')
+
+
+def admission_warnings(headers: Any) -> list[str]:
+    """The texts of the ``Warning`` headers of a reply (admission warnings among them)."""
+    if headers is None:
+        return []
+    values = headers.getlist("Warning") if hasattr(headers, "getlist") else []
+    if not values and hasattr(headers, "get"):
+        values = [headers.get("Warning") or ""]
+    found = [m.group(1) for value in values for m in _WARNING.finditer(str(value))]
+    return [re.sub(r"\\(.)", r"\1", text) for text in found]
+
+
+def show_warnings(headers: Any) -> None:
+    """Print the reply's warnings on stderr as kubectl does: ``Warning: text``."""
+    for text in admission_warnings(headers):
+        progress(f"Warning: {text}")
 
 
 def api_message(error: Any) -> str:

@@ -23,6 +23,15 @@ from chainop.core.models import GROUP, VERSION
 from chainop.operator.restarts import HISTORY as RESTART_HISTORY
 from chainop.testing import cluster as cluster_helpers
 from tests.e2e.kit import Kit
+from tests.e2e.test_admission_e2e import (  # the webhook set-up of the admission tests
+    CORPUS as ADMISSION,
+)
+from tests.e2e.test_admission_e2e import (
+    install_webhooks,  # noqa: F401  (fixture)
+    tls,  # noqa: F401  (fixture)
+    wait_in_effect,
+    wait_listening,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -139,8 +148,15 @@ def test_every_command_against_the_operator(kit: Kit, operator, backends, kubeco
     assert "namespace " + kit.namespace in run("status").stdout
 
     # drain / undrain: spec.drains, who, why, until; an unknown provider changes nothing.
-    drained = run("drain", "default", "cloud", "--for", "30m", "--reason", "incident 42")
+    drained = run(
+        "drain", "default", "cloud", "--for", "30m", "--reason", "incident 42", "--wait",
+    )  # fmt: skip
     assert drained.returncode == 0, drained.stderr
+    assert "cloud: Drained" in drained.stderr
+    after = json.loads(run("decide", "-f", str(task), "-o", "json").stdout)
+    assert after["providers"] == ["onprem"]
+    assert "drained by hand, skipped: cloud" in after["reason"]
+    assert after["states"][1]["state"] == "Drained"
     (entry,) = kit.get("providerchains", "default")["spec"]["drains"]
     assert entry["provider"] == "cloud"
     assert entry["reason"] == "incident 42"
@@ -153,7 +169,9 @@ def test_every_command_against_the_operator(kit: Kit, operator, backends, kubeco
     assert unknown.returncode == 3
     assert "has no provider 'clod' (it has: onprem, cloud)" in unknown.stderr
     assert kit.get("providerchains", "default")["metadata"]["resourceVersion"] == version
-    assert run("undrain", "default", "cloud").returncode == 0
+    undrained = run("undrain", "default", "cloud", "--wait")
+    assert undrained.returncode == 0, undrained.stderr
+    assert "cloud: back in service" in undrained.stderr
     assert not kit.get("providerchains", "default")["spec"].get("drains")
     idle = run("undrain", "default", "cloud")
     assert idle.returncode == 0
@@ -288,3 +306,46 @@ def test_concurrent_drains_lose_nothing_and_restarts_left_count_the_hour(
     status = json.loads(plugin(kubeconfig, kit.namespace, "status", "-o", "json").stdout)
     left = {p["name"]: p["restartsLeftThisHour"] for p in status["chains"][0]["providers"]}
     assert left == {"a": None, "b": None, "c": None, "d": 2}
+
+
+@pytest.mark.timeout(240)
+def test_admission_warnings_and_denials_reach_the_user(
+    kit: Kit,
+    start_operator,
+    install_webhooks,  # noqa: F811  (the admission tests' fixtures)
+    tls,  # noqa: F811
+    kubeconfig,
+    tmp_path,
+):
+    ca, crt, key = tls
+    port = cluster_helpers.free_port()
+    start_operator(
+        *("--admission-port", str(port), "--admission-host", "127.0.0.1"),
+        *("--admission-cert", str(crt), "--admission-key", str(key)),
+    )
+    wait_listening(port, ca)
+    install_webhooks(port, ca.read_bytes())
+    wait_in_effect(ADMISSION / "deny-duplicate-provider-names.yaml", kit.namespace, kubeconfig)
+    run = lambda *args: plugin(kubeconfig, kit.namespace, *args)  # noqa: E731
+    kit.create_chain("cloud", [kit.provider("only", "http://127.0.0.1:9", "Standard")])
+
+    # A warning is shown as kubectl shows it, and the task is created.
+    task = tmp_path / "local.yaml"
+    task.write_text(
+        (ADMISSION / "warn-task-requires-local.yaml").read_text().replace("warn-task-", "")
+    )
+    warned = run("submit", "-f", str(task))
+    assert warned.returncode == 0, warned.stderr
+    assert (
+        "Warning: spec.routing.requiresLocal: the task may run only on Sovereign (local) "
+        "providers and chain 'cloud' has none"
+    ) in warned.stderr
+    assert task_names(kit) == ["requires-local"]
+
+    # A denial is the API server's refusal, word for word, and the chain is unchanged.
+    before = kit.get("providerchains", "cloud")["metadata"]["resourceVersion"]
+    denied = run("drain", "cloud", "only")
+    assert denied.returncode == 1
+    assert "denied the request" in denied.stderr
+    assert "draining 'only' leaves no provider in service" in denied.stderr
+    assert kit.get("providerchains", "cloud")["metadata"]["resourceVersion"] == before

@@ -252,3 +252,18 @@ def test_spend_prefers_the_chains_own_ledger():
     kept = {"windowStart": "2026-12-02T00:00:00Z", "usd": "2.5", "byProvider": {"openai": 2.5}}
     ledger = status.spend_data([{"spend": kept}, {"spend": None}], [task])
     assert ledger == {"source": "chain status.spend", "usd": 2.5, "byProvider": {"openai": 2.5}}
+
+
+def test_admission_warnings_are_read_from_every_warning_header():
+    from urllib3 import HTTPHeaderDict
+
+    headers = HTTPHeaderDict()
+    headers.add("Warning", "299 - \"spec.routing.requiresLocal: chain 'cloud' has none\"")
+    headers.add("Warning", '299 - "a \\"quoted\\" word", 299 - "second in one header"')
+    assert console.admission_warnings(headers) == [
+        "spec.routing.requiresLocal: chain 'cloud' has none",
+        'a "quoted" word',
+        "second in one header",
+    ]
+    assert console.admission_warnings(None) == []
+    assert console.admission_warnings(HTTPHeaderDict()) == []
