@@ -124,7 +124,7 @@ def render(data: dict[str, Any]) -> str:
             p["name"],
             p["privacyTier"],
             p["state"],
-            p["reason"] or ("drained " + console.drain_text(p["drain"]) if p["drain"] else ""),
+            ("drained " + console.drain_text(p["drain"])) if p["drain"] else p["reason"],
         )
         for p in data["states"]
     ]
