@@ -1,4 +1,6 @@
-"""The ``chainop`` command: ``run`` the operator, print the ``crds``, show the ``version``."""
+"""The ``chainop`` command tree: ``run`` the operator, ``crds``, ``version``, ``demo``, and
+the plugin commands (``decide``, ``submit``, ``status``, ``drain``... in
+``chainop.commands``). ``kubectl-chainop`` is the same tree under kubectl's plugin name."""
 
 from __future__ import annotations
 
@@ -29,13 +31,17 @@ def _peering_lifetime(value: str) -> int:
     return seconds
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (kept separate so docs and tests can inspect it)."""
+def build_parser(prog: str = "chainop") -> argparse.ArgumentParser:
+    """The argument parser (kept separate so docs, tests and completion can inspect it)."""
+    from chainop import console
+
     parser = argparse.ArgumentParser(
-        prog="chainop",
+        prog=prog,
         description="Keeps LLM provider chains healthy and routes LLM work through them.",
+        epilog=console.EXIT_CODES_HELP + "\n\nEvery command has --help with examples.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the operator against the current kubeconfig/cluster")
     scope = run.add_mutually_exclusive_group()
@@ -116,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("crds", help="print the CustomResourceDefinitions (YAML)")
     sub.add_parser("version", help="print the version")
     sub.add_parser("demo", add_help=False, help="the end-to-end demo on the local control plane")
+    from chainop.commands import register_all
+
+    register_all(sub)
     return parser
 
 
@@ -184,14 +193,32 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prog() -> str:
+    """``kubectl chainop`` when run as kubectl's plugin (help and errors say so)."""
+    return "kubectl chainop" if os.path.basename(sys.argv[0]) == "kubectl-chainop" else "chainop"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``chainop`` console script."""
+    """Entry point of the ``chainop`` and ``kubectl-chainop`` console scripts."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo"]:  # the demo parses its own options (--keep-cluster, ...)
         from chainop.demo import main as demo_main
 
         return demo_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    prog = _prog()
+    args = build_parser(prog).parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is not None:
+        from chainop import console
+
+        try:
+            code: int = handler(args)
+        except console.ConsoleError as error:
+            print(f"{prog} {args.command}: {error.message}", file=sys.stderr)
+            return error.code
+        except KeyboardInterrupt:
+            return 130
+        return code
     if args.command == "version":
         print(f"chainop {chainop.__version__}")
         return 0

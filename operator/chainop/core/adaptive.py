@@ -14,9 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from chainop.core import routing
 from chainop.core.latency import LatencyStats
 from chainop.core.models import AdaptiveOrder, ProviderChainSpec
-from chainop.core.routing import RoutingDecision
+
+# The module, not the class: routing.route() calls adapt(), so the two import each other,
+# and only attribute access at call time works in both import orders.
 
 
 def _runs(names: Sequence[str], tier_of: Mapping[str, str]) -> list[list[str]]:
@@ -54,9 +57,9 @@ def _describe(name: str, latency: Mapping[str, LatencyStats]) -> str:
 
 def adapt(
     chain: ProviderChainSpec,
-    decision: RoutingDecision,
+    decision: routing.RoutingDecision,
     latency: Mapping[str, LatencyStats],
-) -> RoutingDecision:
+) -> routing.RoutingDecision:
     """Apply the chain's adaptive order to a routing decision (unchanged when Off).
 
     A provider the task named (rule 4) stays first: the task asked for it.
@@ -71,7 +74,7 @@ def adapt(
         return decision
     moved = [name for old, name in zip(decision.providers, new, strict=True) if old != name]
     why = ", ".join(_describe(name, latency) for name in moved)
-    return RoutingDecision(
+    return routing.RoutingDecision(
         providers=new,
         reason=f"{decision.reason}; adaptive LatencyWithinTier reordered: {why}",
         rule=decision.rule,

@@ -24,7 +24,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from chainop.core import adaptive
 from chainop.core import drains as drain_rules
+from chainop.core.latency import LatencyStats
 from chainop.core.models import (
     PRIVACY_ORDER,
     DelegatedTaskSpec,
@@ -182,3 +184,25 @@ def apply_strategy(chain: ProviderChainSpec, decision: RoutingDecision) -> Routi
     return RoutingDecision(
         providers=rest, reason=reason, rule=decision.rule, local_only=decision.local_only
     )
+
+
+def route(
+    chain: ProviderChainSpec,
+    task: DelegatedTaskSpec,
+    *,
+    active_order: Sequence[str] | None = None,
+    latency: Mapping[str, LatencyStats] | None = None,
+    now: datetime | None = None,
+) -> RoutingDecision:
+    """The decision a task gets: the six rules, the chain's strategy, its adaptive order.
+
+    The one function the operator (when it executes a task) and ``kubectl chainop decide``
+    (before anything is created) both call, so the plugin can never explain a decision the
+    operator would not make. ``latency`` is the operator's in-memory EWMA per provider;
+    the plugin has none (it is not in status), and without measurements the adaptive step
+    changes nothing. ``now`` is when drains are judged (see ``decide``). Purely
+    computational.
+    """
+    decision = decide(chain, task, active_order=active_order, now=now)
+    decision = apply_strategy(chain, decision)
+    return adaptive.adapt(chain, decision, latency or {})

@@ -23,8 +23,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from chainop.core import adaptive, conditions, guards, routing
 from chainop.core import chain as executor
+from chainop.core import conditions, guards, routing
 from chainop.core.chain import ChainObserver, ExecutionResult, Resume
 from chainop.core.models import (
     API_VERSION,
@@ -465,11 +465,13 @@ class TaskRunner:
                 message=REDACTOR.scrub(stop.message),
             )
             return
-        decision = routing.decide(
-            chain.spec, spec, active_order=chain.active_order(), now=_time(self.runtime.clock())
+        decision = routing.route(
+            chain.spec,
+            spec,
+            active_order=chain.active_order(),
+            latency=chain.board.latency,
+            now=_time(self.runtime.clock()),
         )
-        decision = routing.apply_strategy(chain.spec, decision)
-        decision = adaptive.adapt(chain.spec, decision, chain.board.latency)
         decided = Decision(
             provider=decision.provider, reason=decision.reason, providers=list(decision.providers)
         )
