@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 import chainop
+from chainop.operator import audit
 from chainop.operator.admission_config import add_admission_args
 
 
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", choices=["plain", "full", "json"], default="full")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     add_admission_args(run)
+    audit.add_arguments(run)
 
     sub.add_parser("crds", help="print the CustomResourceDefinitions (YAML)")
     sub.add_parser("version", help="print the version")
@@ -137,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         "json": kopf.LogFormat.JSON,
     }[args.log_format]
     kopf.configure(verbose=args.verbose, log_format=fmt)
+    audit.configure_from_args(args)
     install_log_filter()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if not args.verbose:
