@@ -18,6 +18,7 @@ duration.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -283,3 +284,136 @@ def test_audit_trail_of_a_failover_with_spillover(
     assert CANARY_KEY not in text
     assert "PROMPT-CANARY" not in text
     assert CANARY_KEY not in operator.log()
+
+
+async def test_two_replicas_charging_one_chain_lose_nothing_and_count_nothing_twice(
+    kit: Kit, kubeconfig: Path
+) -> None:
+    """Two keepers (each with its own API client, as two replicas have) charge the same
+    chain at once, half of the tasks handed to both (a takeover): the API server's
+    resourceVersion precondition turns every lost race into a 409 and a retry, so the
+    sum is exact and no task counts twice."""
+    from chainop.core.budget import Charge
+    from chainop.kube.client import KubeClient, KubeError, load_api_client
+    from chainop.metrics import Metrics
+    from chainop.operator.config import OperatorConfig
+    from chainop.operator.runtime import Runtime
+    from chainop.operator.spend import BudgetKeeper
+    from chainop.providers.registry import ProviderClients
+
+    kit.create_chain(
+        "default",
+        [kit.provider("paid", "http://127.0.0.1:9")],
+        budget={"window": "1h", "maxUSD": 1_000_000},
+    )
+    keepers = []
+    for _ in range(2):
+        kube = KubeClient(load_api_client(kubeconfig=str(kubeconfig)))
+        runtime = Runtime(
+            config=OperatorConfig(metrics_port=None),
+            kube=kube,
+            clients=ProviderClients(),
+            metrics=Metrics(),
+        )
+        keepers.append(BudgetKeeper(runtime))
+    key = (kit.namespace, "default")
+
+    def charges(numbers: range) -> list[list[Charge]]:
+        return [[Charge(uid=f"task-{n}", by_provider={"paid": n / 100})] for n in numbers]
+
+    try:
+        one = [keepers[0].write(key, batch) for batch in charges(range(0, 30))]
+        two = [keepers[1].write(key, batch) for batch in charges(range(15, 45))]
+        await asyncio.gather(*(c for pair in zip(one, two, strict=True) for c in pair))
+        # A writer gives up after MAX_TRIES conflicts in a row (to retry next round).
+        for keeper, numbers in ((keepers[0], range(0, 30)), (keepers[1], range(15, 45))):
+            for batch in charges(numbers):
+                while not await keeper.write(key, batch):
+                    pass
+        # The mechanism itself: a patch made against an old resourceVersion is refused.
+        with pytest.raises(KubeError) as refused:
+            await keepers[0].runtime.kube.patch_status(
+                CHAINS, kit.namespace, "default", {"spend": None}, resource_version="1"
+            )
+        assert refused.value.conflict
+    finally:
+        for keeper in keepers:
+            await keeper.runtime.clients.aclose()
+            await keeper.runtime.kube.aclose()
+    window = spend(kit)
+    assert window["tasks"] == 45
+    assert window["usd"] == pytest.approx(sum(range(45)) / 100)
+    assert len(window["chargedTasks"]) == 45
+
+
+def finished_elsewhere(kit: Kit, name: str, usd: float) -> str:
+    """A task an operator finished and paid for, then died before charging: status
+    Succeeded with the cost in its attempts, no ``charged`` mark. Returns its uid."""
+    kit.create_task(name)
+    kit.api.custom.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        kit.namespace,
+        "delegatedtasks",
+        name,
+        {
+            "status": {
+                "phase": "Succeeded",
+                "attempts": [{"provider": "paid", "outcome": "Succeeded", "costUSD": usd}],
+                "result": {"provider": "paid", "text": "done", "costUSD": usd},
+            }
+        },
+    )
+    uid: str = kit.get("delegatedtasks", name)["metadata"]["uid"]
+    return uid
+
+
+def test_a_restart_between_finishing_and_charging_charges_exactly_once(
+    kit: Kit, start_operator, backends
+) -> None:
+    """Before any operator runs: task A finished but was never charged; task B was
+    charged on the chain (its uid in chargedTasks) but never marked. The operator charges
+    A, only marks B; after a kill and a restart, a new task adds just its own cost."""
+    from chainop.core import budget as rules
+
+    paid = backends("paid")
+    window = "300d"
+    kit.create_chain(
+        "default",
+        [kit.provider("paid", paid.url, cost=PRICE)],
+        health=PASSIVE,
+        taskDefaults={"allowDelegation": True},
+        budget={"window": window, "maxUSD": 1_000_000},
+    )
+    uncharged = finished_elsewhere(kit, "uncharged", 1.5)
+    unmarked = finished_elsewhere(kit, "unmarked", 2.25)
+    spec = rules.BudgetSpec.model_validate({"window": window, "maxUSD": 1_000_000})
+    seeded = rules.apply(
+        None, [rules.Charge(unmarked, {"paid": 2.25})], spec, now=time.time()
+    ).spend
+    kit.api.custom.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        kit.namespace,
+        CHAINS,
+        "default",
+        {"status": {"spend": rules.to_status(seeded).model_dump(by_alias=True, mode="json")}},
+    )
+
+    first = start_operator()
+    for name in ("uncharged", "unmarked"):
+        kit.wait(
+            "delegatedtasks",
+            name,
+            lambda o: (o.get("status") or {}).get("charged") is True,
+            what=f"{name} marked charged",
+        )
+    after = spend(kit)
+    assert (after["usd"], after["tasks"]) == (pytest.approx(3.75), 2)
+    assert after["chargedTasks"] == [unmarked, uncharged]
+
+    first.kill()
+    start_operator()
+    kit.chain_ready("default")
+    status = run_task(kit, "new", charged_tasks=3)
+    assert spend(kit)["usd"] == pytest.approx(3.75 + status["result"]["costUSD"])
