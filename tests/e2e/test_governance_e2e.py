@@ -176,6 +176,41 @@ def test_budget_fail_fails_new_tasks_with_budget_exceeded(kit: Kit, operator, ba
     )
 
 
+def test_a_task_running_when_the_budget_is_spent_finishes(kit: Kit, operator, backends) -> None:
+    slow, fast, vllm = backends("slow"), backends("fast"), backends("vllm")
+    slow.set_mode("slow", delay_ms=8000)
+    kit.create_chain(
+        "default",
+        [
+            kit.provider("slow", slow.url, cost=PRICE),
+            kit.provider("fast", fast.url, cost=PRICE),
+            kit.provider("vllm", vllm.url, "Sovereign"),
+        ],
+        health=PASSIVE,
+        taskDefaults={"allowDelegation": True},
+        budget={"window": "300d", "maxUSD": 1},
+    )
+    kit.chain_ready("default")
+    kit.create_task("in-flight", routing={"preferredProvider": "slow"})
+    kit.wait_until(
+        lambda: slow.stats()["requests"].get("openai", 0) == 1, what="the slow call under way"
+    )
+    kit.create_task("spends-it", routing={"preferredProvider": "fast"})
+    assert kit.wait_task("spends-it")["result"]["provider"] == "fast"
+    kit.wait_until(lambda: spend(kit).get("tasks") == 1, what="the charge")
+    # The budget is spent while the slow task is still running (8 s of service time).
+    running = kit.get("delegatedtasks", "in-flight").get("status") or {}
+    assert running.get("phase") not in ("Succeeded", "Failed")
+    after = run_task(kit, "after", charged_tasks=None)
+    assert after["result"]["provider"] == "vllm"
+    assert after["decision"]["reason"] == "budget 1.00 USD/300d spent"
+    # The task already under way when the budget was spent is not cut short or rerouted.
+    finished = kit.wait_task("in-flight")
+    assert finished["phase"] == "Succeeded"
+    assert outcomes(finished) == [("slow", "Succeeded")]
+    kit.wait_until(lambda: spend(kit).get("tasks") == 2, what="its cost counted too")
+
+
 CANARY_KEY = "sk-canary-7f3a9d2e41b8c6"
 CANARY_PROMPT = "the launch code is PROMPT-CANARY-90210"
 
