@@ -267,6 +267,8 @@ class BudgetKeeper:
         except KubeError as error:
             if not (error.not_found or error.conflict):
                 log.info("task %s/%s not marked charged: %s", namespace, pending.task, error)
+            return
+        self.runtime.metrics.status_writes.labels("DelegatedTask").inc()
 
     def announce(
         self,

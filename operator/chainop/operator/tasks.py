@@ -501,7 +501,8 @@ class TaskRunner:
         )
         decision = routing.apply_strategy(chain.spec, decision)
         decision = adaptive.adapt(chain.spec, decision, chain.board.latency)
-        gated = self.budgets.gate(chain, decision, running=bool(previous.attempts))
+        started = previous.phase is TaskPhase.RUNNING or bool(previous.attempts)
+        gated = self.budgets.gate(chain, decision, running=started)
         decision = gated.decision
         decided = Decision(
             provider=decision.provider, reason=decision.reason, providers=list(decision.providers)
