@@ -4,6 +4,7 @@
 * an unknown kind or field is refused (nothing outside the schema, a prompt say, slips in);
 * registered secrets are scrubbed from every string;
 * request tier: the most permissive tier among the providers a task may use;
+* drain transitions reach the trail (kind ``drain``);
 * destinations: a file is appended to, line by line; ``--no-audit`` writes nothing;
   ``chainop run`` parses the options (and refuses both at once).
 """
@@ -130,3 +131,40 @@ def test_an_unwritable_file_stops_run_with_the_reason(tmp_path: Path) -> None:
     args = cli.build_parser().parse_args(["run", "--audit-log", str(tmp_path / "no" / "a")])
     with pytest.raises(SystemExit, match="--audit-log"):
         audit.configure_from_args(args)
+
+
+def test_drain_transitions_are_audited(tmp_path: Path) -> None:
+    """The drains feature writes its transitions to the trail (kind ``drain``)."""
+    from prometheus_client import CollectorRegistry
+
+    from chainop.kube.client import ObjectRef
+    from chainop.metrics import Metrics
+    from chainop.operator import drains as drain_ops
+    from tests.unit.test_drains import T0, build, drained_chain
+
+    path = tmp_path / "audit.jsonl"
+    spec = drained_chain({"provider": "openai", "by": "alice", "reason": "maintenance"})
+    try:
+        audit.configure(str(path))
+        drain_ops.announce(
+            ref=ObjectRef("chainop.dev/v1alpha1", "ProviderChain", "ns", "c", "uid"),
+            namespace="ns",
+            chain="c",
+            shown={},
+            previous_conditions=[],
+            built=build(spec),
+            now=T0,
+            post=lambda ref, **_: None,
+            metrics=Metrics(CollectorRegistry()),
+        )
+    finally:
+        audit.configure(None)
+    (line,) = [json.loads(text) for text in path.read_text().splitlines()]
+    assert (line["kind"], line["namespace"], line["chain"], line["provider"]) == (
+        "drain",
+        "ns",
+        "c",
+        "openai",
+    )
+    assert line["outcome"] == "Drained"
+    assert "maintenance" in line["reason"]
