@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 import chainop
+from chainop.operator import audit
 from chainop.operator.admission_config import add_admission_args
 
 
@@ -118,6 +119,7 @@ def build_parser(prog: str = "chainop") -> argparse.ArgumentParser:
     run.add_argument("--log-format", choices=["plain", "full", "json"], default="full")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     add_admission_args(run)
+    audit.add_arguments(run)
 
     sub.add_parser("crds", help="print the CustomResourceDefinitions (YAML)")
     sub.add_parser("version", help="print the version")
@@ -146,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         "json": kopf.LogFormat.JSON,
     }[args.log_format]
     kopf.configure(verbose=args.verbose, log_format=fmt)
+    audit.configure_from_args(args)
     install_log_filter()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if not args.verbose:

@@ -182,6 +182,20 @@ class Metrics:
             ["namespace", "chain", "provider", "transition"],
             registry=r,
         )
+        self.spend = Counter(
+            "chainop_spend_usd_total",
+            "USD that finished DelegatedTasks cost (usage x price, or the provider's own "
+            "cost), by the provider that was paid.",
+            ["namespace", "chain", "provider"],
+            registry=r,
+        )
+        self.budget_used_ratio = Gauge(
+            "chainop_budget_used_ratio",
+            "Spend / spec.budget.maxUSD in the chain's current budget window (1 = spent; "
+            "absent for chains without a budget).",
+            ["namespace", "chain"],
+            registry=r,
+        )
         self.status_writes = Counter(
             "chainop_status_writes_total",
             "Status patches chainop sent to the API server, by resource kind.",

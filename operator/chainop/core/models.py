@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from datetime import datetime
 from typing import Any, Literal
 
@@ -674,6 +675,114 @@ class DrillsSpec(_Model):
     )
 
 
+# --------------------------------------------------------------------------- budgets
+
+#: A budget window: whole numbers with a unit, summed ("24h", "7d", "1h30m", "20s").
+BUDGET_WINDOW_PATTERN = r"^([0-9]+[smhd])+$"
+_WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: Shortest and longest windows: below 10 s a window is noise; above a year a typo.
+MIN_BUDGET_WINDOW_SECONDS = 10
+MAX_BUDGET_WINDOW_SECONDS = 366 * 86400
+
+
+def window_seconds(window: str) -> int:
+    """Seconds of a budget window such as ``24h`` or ``1h30m``. Purely computational.
+
+    Raises ValueError for anything else: a window is always spelled with units, so
+    ``"24"`` (hours? seconds?) is rejected rather than guessed.
+    """
+    if not re.fullmatch(BUDGET_WINDOW_PATTERN, window):
+        raise ValueError(
+            f"window {window!r}: use whole numbers with units s, m, h or d, e.g. 24h, 7d, 1h30m"
+        )
+    return sum(
+        int(number) * _WINDOW_UNITS[unit]
+        for number, unit in re.findall(r"([0-9]+)([smhd])", window)
+    )
+
+
+class BudgetAction(enum.StrEnum):
+    """What happens to new tasks once a chain's budget for the window is spent."""
+
+    LOCAL_ONLY = "LocalOnly"
+    FAIL = "Fail"
+
+
+class ProviderBudget(_Model):
+    """A cap on what one provider of the chain may cost per window."""
+
+    name: str = Field(
+        min_length=1, max_length=63, description="Provider name, as in spec.providers."
+    )
+    max_usd: float = Field(
+        gt=0,
+        le=1_000_000_000,
+        alias="maxUSD",
+        description="USD this provider may cost per window; once spent it is left out of "
+        "new tasks' routing.",
+    )
+
+
+class BudgetSpec(_Model):
+    """A spend budget: what tasks of this chain may cost per fixed window."""
+
+    window: str = Field(
+        default="24h",
+        pattern=BUDGET_WINDOW_PATTERN,
+        max_length=32,
+        description=(
+            "Length of a budget window: whole numbers with units s, m, h, d (24h, 7d, "
+            "1h30m), from 10s to 366d. Windows are fixed and aligned to the Unix epoch "
+            "(24h runs from 00:00 to 00:00 UTC); each new window starts from zero."
+        ),
+    )
+    max_usd: float = Field(
+        gt=0,
+        le=1_000_000_000,
+        alias="maxUSD",
+        description="USD the chain's tasks may cost per window (usage x price, or the "
+        "provider's own cost).",
+    )
+    on_exceeded: BudgetAction = Field(
+        default=BudgetAction.LOCAL_ONLY,
+        description=(
+            "Once maxUSD is spent, new tasks are LocalOnly (Sovereign providers only; "
+            "decision reason 'budget 10.00 USD/24h spent') or Fail (reason "
+            "BudgetExceeded). Tasks already running finish."
+        ),
+    )
+    providers: list[ProviderBudget] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Optional caps per provider, in the same window.",
+    )
+
+    @model_validator(mode="after")
+    def _window_in_range(self) -> BudgetSpec:
+        seconds = window_seconds(self.window)
+        if not MIN_BUDGET_WINDOW_SECONDS <= seconds <= MAX_BUDGET_WINDOW_SECONDS:
+            raise ValueError(
+                f"spec.budget.window: {self.window} is {seconds}s; a window is from "
+                f"{MIN_BUDGET_WINDOW_SECONDS}s to 366d"
+            )
+        names = [cap.name for cap in self.providers]
+        if len(set(names)) != len(names):
+            raise ValueError("spec.budget.providers: a provider is named twice")
+        return self
+
+    @property
+    def seconds(self) -> int:
+        """The window's length in seconds."""
+        return window_seconds(self.window)
+
+    def cap(self, provider: str) -> float | None:
+        """maxUSD of one provider, or None when it has no cap of its own."""
+        for entry in self.providers:
+            if entry.name == provider:
+                return entry.max_usd
+        return None
+
+
 class ProviderChainSpec(_Model):
     """An ordered chain of LLM providers: head first, the last one is the terminus."""
 
@@ -738,6 +847,10 @@ class ProviderChainSpec(_Model):
         default=None,
         description="Scheduled failover drills; absent: no drills.",
     )
+    budget: BudgetSpec | None = Field(
+        default=None,
+        description="Spend budget of the chain's tasks per window (absent: no limit).",
+    )
 
     @model_validator(mode="after")
     def _names_unique_and_unreserved(self) -> ProviderChainSpec:
@@ -754,6 +867,18 @@ class ProviderChainSpec(_Model):
                     f"spec.providers[{index}].name: duplicate provider name {provider.name!r}"
                 )
             seen.add(provider.name)
+        return self
+
+    @model_validator(mode="after")
+    def _budget_caps_name_providers(self) -> ProviderChainSpec:
+        if self.budget is not None:
+            names = {p.name for p in self.providers}
+            for index, cap in enumerate(self.budget.providers):
+                if cap.name not in names:
+                    raise ValueError(
+                        f"spec.budget.providers[{index}].name: {cap.name!r} is not a provider "
+                        "of this chain"
+                    )
         return self
 
     def provider(self, name: str) -> ProviderSpec | None:
@@ -879,6 +1004,43 @@ class DrillStatus(_StatusModel):
     passed: bool = Field(default=False, description="Whether the next eligible hop answered.")
     reason: str = Field(default="", description="Why it passed or failed, in words.")
 
+class ProviderSpend(_StatusModel):
+    """What one provider cost in the current budget window."""
+
+    provider: str = Field(description="Provider name.")
+    usd: float = Field(default=0.0, ge=0, description="USD spent on it in the window.")
+
+
+#: How many charged task uids ``status.spend.chargedTasks`` keeps (see chainop.core.budget).
+CHARGED_TASKS_KEPT = 256
+
+
+class SpendStatus(_StatusModel):
+    """Spend of the chain's tasks in the current budget window (with spec.budget only).
+
+    The store of record: every replica reads and writes it (with resourceVersion
+    preconditions), so spend survives operator restarts and replicas agree on it.
+    """
+
+    window: str = Field(default="", description="spec.budget.window this was counted in.")
+    window_start: datetime | None = Field(default=None, description="Start of the window.")
+    window_end: datetime | None = Field(
+        default=None, description="End of the window: spend starts again from zero then."
+    )
+    usd: float = Field(default=0.0, ge=0, description="USD spent in the window.")
+    tasks: int = Field(default=0, ge=0, description="Tasks whose cost was counted in the window.")
+    by_provider: list[ProviderSpend] = Field(
+        default_factory=list, description="USD spent per provider in the window."
+    )
+    charged_tasks: list[str] = Field(
+        default_factory=list,
+        max_length=CHARGED_TASKS_KEPT,
+        description=(
+            "uids of the tasks charged most recently (the last 256, across windows): a "
+            "task whose uid is here is never charged twice."
+        ),
+    )
+
 
 class ProviderChainStatus(_StatusModel):
     """Observed state of a ProviderChain."""
@@ -909,6 +1071,9 @@ class ProviderChainStatus(_StatusModel):
     )
     last_drill: DrillStatus | None = Field(
         default=None, description="The last failover drill (spec.drills)."
+    )
+    spend: SpendStatus | None = Field(
+        default=None, description="Spend in the current budget window (with spec.budget)."
     )
 
 
@@ -1250,3 +1415,10 @@ class DelegatedTaskStatus(_StatusModel):
     )
     start_time: datetime | None = Field(default=None, description="When work started.")
     completion_time: datetime | None = Field(default=None, description="When the task ended.")
+    charged: bool | None = Field(
+        default=None,
+        description=(
+            "True once the task's cost was added to its chain's status.spend (set after "
+            "the chain's write, so a restart in between charges it again, idempotently)."
+        ),
+    )

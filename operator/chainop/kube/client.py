@@ -356,15 +356,35 @@ class KubeClient:
     # ----------------------------------------------------------------- our resources
 
     async def patch_status(
-        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        *,
+        resource_version: str | None = None,
+        uid: str | None = None,
     ) -> None:
-        """Merge-patch ``.status`` of a ProviderChain or DelegatedTask."""
+        """Merge-patch ``.status`` of a ProviderChain or DelegatedTask.
+
+        With ``resource_version`` the patch applies only to that version of the object
+        (optimistic concurrency: a 409 means someone wrote in between; read and retry);
+        with ``uid`` only to that object (not a namesake created after a deletion).
+        """
         self.writes += 1
+        body: dict[str, Any] = {"status": status}
+        metadata = {
+            key: value
+            for key, value in (("resourceVersion", resource_version), ("uid", uid))
+            if value is not None
+        }
+        if metadata:
+            body["metadata"] = metadata
         if self.http is not None:
             await self.http.request(
                 "PATCH",
                 _path("apis", GROUP, VERSION, "namespaces", namespace, plural, name, "status"),
-                {"status": status},
+                body,
                 content_type="application/merge-patch+json",
             )
             return
@@ -375,7 +395,7 @@ class KubeClient:
             namespace,
             plural,
             name,
-            {"status": status},
+            body,
         )
 
     async def read_chain(self, namespace: str, name: str) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ from chainop.core.conditions import get_condition
 from chainop.core.models import Condition, ProviderChainSpec, ProviderChainStatus, ProviderDrain
 from chainop.kube.client import ObjectRef
 from chainop.metrics import Metrics
+from chainop.operator import audit
 
 #: ``Runtime.event``: (ref, type=, reason=, message=) -> None.
 PostEvent = Callable[..., None]
@@ -63,6 +64,14 @@ def announce(
         metrics.drain_changes.labels(
             namespace, chain, change.provider, "Expired" if change.expired else change.reason
         ).inc()
+        audit.record(
+            "drain",
+            namespace=namespace,
+            chain=chain,
+            provider=change.provider,
+            outcome="Expired" if change.expired else change.reason,
+            reason=change.message,
+        )
     condition = get_condition(built.conditions, drain_rules.DRAINS_VALID)
     before = get_condition(previous_conditions, drain_rules.DRAINS_VALID)
     if (

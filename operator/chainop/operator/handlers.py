@@ -88,6 +88,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo["tasks"] = TaskRunner(runtime)
     memo["drills"] = DrillRunner(runtime)
     runtime.spawn(runtime.run(), name="health-loop")
+    runtime.spawn(memo["tasks"].budgets.run(), name="budget-loop")
     if config.gc_thresholds is not None:
         tune_gc(config.gc_thresholds)
     log.info(
@@ -128,6 +129,7 @@ async def chain_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     """Every watch event of a ProviderChain."""
     runtime: Runtime = memo["runtime"]
     body: dict[str, Any] = dict(event["object"])
+    memo["tasks"].budgets.observe_chain(body, deleted=event.get("type") == "DELETED")
     await runtime.chain_event(body, deleted=event.get("type") == "DELETED")
 
 

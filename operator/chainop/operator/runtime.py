@@ -62,6 +62,7 @@ from chainop.core.models import (
 )
 from chainop.kube.client import CHAINS, KubeClient, KubeError, ObjectRef, SecretError
 from chainop.metrics import Metrics
+from chainop.operator import audit
 from chainop.operator import drains as drain_ops
 from chainop.operator.config import OperatorConfig
 from chainop.operator.leadership import Leadership
@@ -843,6 +844,14 @@ class Runtime:
             if ok:
                 board.set(healing.restore(before, now=now, latency_ms=outcome.latency_ms))
                 self.metrics.restores.labels(runtime.namespace, runtime.name, name).inc()
+                audit.chain_event(
+                    "restore",
+                    namespace=runtime.namespace,
+                    chain=runtime.name,
+                    provider=provider,
+                    outcome="Restored",
+                    reason="answered its recovery probe",
+                )
                 self.event(
                     runtime.ref,
                     type="Normal",
@@ -923,6 +932,14 @@ class Runtime:
         if spec is None or not health.unhealthy or health.excluded or not spec.self_healing.exclude:
             return health
         self.metrics.exclusions.labels(runtime.namespace, runtime.name, provider.name).inc()
+        audit.chain_event(
+            "exclusion",
+            namespace=runtime.namespace,
+            chain=runtime.name,
+            provider=provider,
+            outcome="Excluded",
+            reason=health.reason or health_rules.PROBE_FAILED,
+        )
         self.event(
             runtime.ref,
             type="Warning",
@@ -1066,6 +1083,14 @@ class Runtime:
             board.set(healing.note_restart(board.get(name), now=now))
             board.restarting.add(name)
             self.metrics.restarts.labels(runtime.namespace, deployment).inc()
+            audit.chain_event(
+                "restart",
+                namespace=runtime.namespace,
+                chain=runtime.name,
+                provider=provider,
+                outcome="Restarted",
+                reason=f"Deployment {deployment} restarted ({health.reason or 'unhealthy'})",
+            )
             self.event(
                 runtime.ref,
                 type="Normal",
@@ -1115,7 +1140,11 @@ class Runtime:
                     post=self.event,
                     metrics=self.metrics,
                 )
-            wire = built.model_dump(by_alias=True, mode="json", exclude_none=False)
+            # status.spend is the budget keeper's (chainop.operator.spend): left out, so
+            # this merge patch never undoes a charge.
+            wire = built.model_dump(
+                by_alias=True, mode="json", exclude_none=False, exclude={"spend"}
+            )
             now_significant = significant(wire)
             previous = significant(runtime.written) if runtime.written else None
             stale = (

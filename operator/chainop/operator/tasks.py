@@ -44,6 +44,7 @@ from chainop.core.models import (
 )
 from chainop.core.status import PROGRESSING, SUCCEEDED
 from chainop.kube.client import TASKS, KubeError, ObjectRef
+from chainop.operator import audit, spend
 from chainop.operator.runtime import ChainRuntime, Runtime, validation_message
 from chainop.redact import REDACTOR
 
@@ -123,12 +124,29 @@ class TaskRef:
 class TaskObserver(ChainObserver):
     """Turns executor hooks into metrics and Events."""
 
-    def __init__(self, runtime: Runtime, chain: ChainRuntime, task: TaskRef) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        chain: ChainRuntime,
+        task: TaskRef,
+        *,
+        decision: Decision | None = None,
+    ) -> None:
         self.runtime = runtime
         self.chain = chain
         self.task = task
+        self.trail = audit.TaskTrail.of(
+            namespace=chain.namespace,
+            chain=chain.name,
+            task=task.name,
+            uid=task.uid,
+            spec=chain.spec,
+            decision=decision,
+        )
+        self.last_move = ""
 
     def on_attempt(self, provider: ProviderSpec, attempt: Attempt) -> None:
+        self.trail.attempt(provider, attempt)
         m = self.runtime.metrics
         labels = (self.chain.namespace, self.chain.name, provider.name, attempt.outcome)
         m.provider_requests.labels(*labels).inc()
@@ -193,6 +211,8 @@ class TaskObserver(ChainObserver):
     def on_failover(
         self, from_provider: ProviderSpec, to_provider: ProviderSpec, reason: str
     ) -> None:
+        self.last_move = reason
+        self.trail.move("failover", from_provider, to_provider, reason)
         self.runtime.metrics.failovers.labels(
             self.chain.namespace, self.chain.name, from_provider.name, to_provider.name
         ).inc()
@@ -204,6 +224,7 @@ class TaskObserver(ChainObserver):
         )
 
     def on_benched(self, provider: ProviderSpec, seconds: float, reason: str) -> None:
+        self.trail.benching(provider, seconds, reason)
         self.runtime.metrics.benchings.labels(
             self.chain.namespace, self.chain.name, provider.name
         ).inc()
@@ -229,6 +250,7 @@ class TaskObserver(ChainObserver):
         )
 
     def on_spillover(self, from_provider: ProviderSpec, to_provider: ProviderSpec) -> None:
+        self.trail.move("spillover", from_provider, to_provider, self.last_move)
         self.runtime.metrics.spillovers.labels(
             self.chain.namespace, self.chain.name, from_provider.name, to_provider.name
         ).inc()
@@ -250,9 +272,15 @@ class ProgressObserver(TaskObserver):
     only the collector frees."""
 
     def __init__(
-        self, runtime: Runtime, chain: ChainRuntime, task: TaskRef, progress: list[Attempt]
+        self,
+        runtime: Runtime,
+        chain: ChainRuntime,
+        task: TaskRef,
+        progress: list[Attempt],
+        *,
+        decision: Decision | None = None,
     ) -> None:
-        super().__init__(runtime, chain, task)
+        super().__init__(runtime, chain, task, decision=decision)
         self.progress = progress
 
     def on_attempt(self, provider: ProviderSpec, attempt: Attempt) -> None:
@@ -276,6 +304,8 @@ class TaskRunner:
         #: Set when the operator stops: no new executions, no final writes of abandoned ones.
         self.stopping = False
         runtime.on_chain_ready = self.chain_ready
+        #: Spend budgets: charges finished tasks, gates new ones (chainop.operator.spend).
+        self.budgets = spend.BudgetKeeper(runtime)
 
     async def close(self, *, drain: float = SHUTDOWN_DRAIN_SECONDS) -> None:
         """Stop taking tasks; let those in flight finish for ``drain`` seconds, then
@@ -316,6 +346,7 @@ class TaskRunner:
             return
         phase = (body.get("status") or {}).get("phase")
         if phase in (TaskPhase.SUCCEEDED.value, TaskPhase.FAILED.value):
+            self.budgets.recover(body)
             self.schedule_ttl(body)
             return
         if uid in self.in_flight or uid in self.finished:
@@ -472,8 +503,34 @@ class TaskRunner:
             latency=chain.board.latency,
             now=_time(self.runtime.clock()),
         )
+        started = previous.phase is TaskPhase.RUNNING or bool(previous.attempts)
+        gated = self.budgets.gate(chain, decision, running=started)
+        decision = gated.decision
         decided = Decision(
             provider=decision.provider, reason=decision.reason, providers=list(decision.providers)
+        )
+        trail = audit.TaskTrail.of(
+            namespace=ref.namespace,
+            chain=chain.name,
+            task=ref.name,
+            uid=ref.uid,
+            spec=chain.spec,
+            decision=decided,
+        )
+        if gated.failure is not None:
+            trail.decision(chain.spec, decided, outcome="BudgetExceeded", reason=gated.failure)
+            await self.finish(
+                ref,
+                previous,
+                start=start,
+                phase=TaskPhase.FAILED,
+                reason="BudgetExceeded",
+                message=gated.failure,
+                decision=decided,
+            )
+            return
+        trail.decision(
+            chain.spec, decided, outcome="Routed" if decision.providers else "NoEligibleProvider"
         )
         if not decision.providers:
             await self.finish(
@@ -668,6 +725,7 @@ class TaskRunner:
         elif previous.attempts:
             resume = Resume(attempts=tuple(previous.attempts))
         chain.rotation += 1
+        observer = ProgressObserver(self.runtime, chain, ref, progress, decision=decided)
         work = asyncio.ensure_future(
             executor.execute(
                 chain=chain.spec,
@@ -680,7 +738,7 @@ class TaskRunner:
                 api_keys=chain.api_keys,
                 task_key=ref.uid,
                 rotation=chain.rotation - 1,
-                observer=ProgressObserver(self.runtime, chain, ref, progress),
+                observer=observer,
                 resume=resume,
                 on_job_submitted=job_submitted,
                 hedge=spec.hedge,
@@ -701,6 +759,8 @@ class TaskRunner:
             await self.wait_for_provider(ref, body, previous, chain, decided, result, start=start)
             return
         await self.conclude(ref, previous, chain, decided, result, start=start)
+        observer.trail.result(chain.spec, result)
+        self.budgets.finished(chain=chain, task=ref.name, uid=ref.uid, result=result)
 
     async def wait_for_provider(
         self,
