@@ -1004,6 +1004,7 @@ class DrillStatus(_StatusModel):
     passed: bool = Field(default=False, description="Whether the next eligible hop answered.")
     reason: str = Field(default="", description="Why it passed or failed, in words.")
 
+
 class ProviderSpend(_StatusModel):
     """What one provider cost in the current budget window."""
 
