@@ -17,6 +17,7 @@ sockets and a real API server.
 
 from __future__ import annotations
 
+import json
 import sys
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -95,6 +96,15 @@ def test_drill_passes_on_a_healthy_chain(kit: Kit, operator, backends):
     assert operator_metric(port, "chainop_drill_last_passed", **labels) == 1
     assert operator_metric(port, "chainop_failovers_total", **labels) == 0
     assert kit.provider_status("healthy", "primary")["consecutiveFailures"] == 0
+    # The audit trail (stdout by default) has the drill: where it went, what was forced.
+    lines = [
+        json.loads(text)
+        for text in operator.log().splitlines()
+        if text.startswith('{"schema"') and '"kind":"drill"' in text
+    ]
+    assert [(a["chain"], a["provider"], a["fromProvider"], a["outcome"]) for a in lines] == [
+        ("healthy", "secondary", "primary", "passed")
+    ]
 
 
 @pytest.mark.parametrize("breakage", ["http-500", "closed-port"])

@@ -34,6 +34,7 @@ from chainop.core.models import (
     ProviderSpec,
     Strategy,
 )
+from chainop.operator import audit
 from chainop.operator.runtime import ChainRuntime, Runtime
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,17 @@ class DrillRunner:
         self.runtime.metrics.drills.labels(chain.namespace, chain.name, outcome).inc()
         self._export(chain)
         log.info("drill of chain %s/%s %s: %s", chain.namespace, chain.name, outcome, result.reason)
+        # The provider that answered (or failed) the drill, so the trail shows where the
+        # synthetic request went; the forced head is in the reason, never "reached".
+        audit.record(
+            "drill",
+            namespace=chain.namespace,
+            chain=chain.name,
+            provider=result.path[-1] if result.path else None,
+            from_provider=result.forced or None,
+            outcome=outcome,
+            reason=result.reason,
+        )
         if not result.passed:
             self.runtime.event(
                 chain.ref, type="Warning", reason="DrillFailed", message=result.reason
