@@ -1,8 +1,9 @@
 """Orchestrate the benchmarks: backends up, one worker process per measurement, report.
 
-``python -m bench [overhead|failover|profile|health|node|local-first|streaming|client|all
+``python -m bench [overhead|failover|profile|health|node|local-first|streaming|day2|client|all
 ...] [--quick]`` (``client`` = overhead + failover + profile; ``all`` = those + health +
-node + local-first + streaming;
+node + local-first + streaming + day2; ``day2`` = bench.day2, issue 16's admission webhook
+and plugin commands on the control plane;
 ``health`` = bench.health, issue 11's failure kinds on the control plane; ``node`` =
 bench.node, issue 13 on the real node, skipped with the reason when none is up
 (``CHAINOP_NODE_CLUSTER_DIR`` picks its cluster); ``operator`` = bench.operator;
@@ -245,16 +246,25 @@ def streaming_part(args: argparse.Namespace) -> dict[str, Any]:
     return streaming.run(args)
 
 
+def day2_part(args: argparse.Namespace) -> dict[str, Any]:
+    """Issue 16: the admission webhook's cost per create, plugin commands (bench/day2.py)."""
+    from bench import day2
+
+    return day2.run(args)
+
+
 def render_all(data: dict[str, Any], *, command: str) -> str:
-    """docs/benchmarks.md: report.render's sections, then issue 14's and issue 15's when
+    """docs/benchmarks.md: report.render's sections, then issue 14's, 15's and 16's when
     measured."""
-    from bench import streaming
+    from bench import day2, streaming
 
     markdown = report.render(data, command=command)
     if "local_first" in data:
         markdown += "\n" + local_first_report.render(data["local_first"])
     if "streaming" in data:
         markdown += "\n" + streaming.render(data["streaming"])
+    if "day2" in data:
+        markdown += "\n" + day2.render(data["day2"])
     return markdown
 
 
@@ -267,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         default=["all"],
         choices=[
             *("all", "client", "overhead", "failover", "profile"),
-            *("health", "node", "local-first", "streaming", "operator", "render"),
+            *("health", "node", "local-first", "streaming", "day2", "operator", "render"),
         ],
     )
     parser.add_argument("--rounds", type=int, default=3, help="overhead rounds (best is kept)")
@@ -279,14 +289,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile-seconds", type=float, default=3.0)
     parser.add_argument("--quick", action="store_true", help="1 round, 5 s failover windows")
     parser.add_argument("--no-write", action="store_true", help="do not rewrite the docs")
+    from bench import day2, local_first, streaming
     from bench import health as health_bench
-    from bench import local_first, streaming
     from bench import node as node_bench
 
     health_bench.add_arguments(parser)
     node_bench.add_arguments(parser)
     local_first.add_arguments(parser)
     streaming.add_arguments(parser)
+    day2.add_arguments(parser)
     parser.add_argument("--heal-tick", type=float, default=0.25, help="chainop --tick (health)")
     args, rest = parser.parse_known_args(argv)
     wanted = set(args.what)
@@ -354,6 +365,7 @@ def main(argv: list[str] | None = None) -> None:
         ("node", "node", node_part),
         ("local_first", "local-first", local_first_part),
         ("streaming", "streaming", streaming_part),
+        ("day2", "day2", day2_part),
     )
     for name, cli_name, part in parts:
         if wanted & {"all", cli_name}:
@@ -385,11 +397,9 @@ def main(argv: list[str] | None = None) -> None:
     if wanted & {"all", "client", "overhead", "failover", "profile"} or not previous:
         merged = {**previous, **data}
         merged["command"] = command
-    else:  # only health/node/local-first/streaming: the header stays the client run's
-        merged = {
-            **previous,
-            **{k: data[k] for k in ("health", "node", "local_first", "streaming") if k in data},
-        }
+    else:  # only health/node/local-first/streaming/day2: the header stays the client run's
+        kept = ("health", "node", "local_first", "streaming", "day2")
+        merged = {**previous, **{k: data[k] for k in kept if k in data}}
         command = str(previous.get("command", command))
     markdown = render_all(merged, command=command)
     print(markdown)

@@ -20,13 +20,9 @@ The corpus is ``tests/e2e/manifests/admission/*.yaml``; each file says what it e
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import shutil
-import socket
-import ssl
-import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -36,6 +32,7 @@ import pytest
 import yaml
 
 from chainop.testing import cluster as cluster_helpers
+from chainop.testing.admission import make_tls, wait_listening, webhook_configuration
 from chainop.testing.cluster import kubectl
 from tests.e2e.conftest import Operator
 
@@ -52,67 +49,10 @@ def expectation(path: Path) -> tuple[str, str]:
     return match.group(1), match.group(2).strip()
 
 
-def openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture
 def tls(tmp_path: Path) -> tuple[Path, Path, Path]:
     """(ca.crt, tls.crt, tls.key): a CA and a serving certificate for IP 127.0.0.1."""
     return make_tls(tmp_path / "tls")
-
-
-def make_tls(tmp_path: Path) -> tuple[Path, Path, Path]:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    ca_key, ca_crt = tmp_path / "ca.key", tmp_path / "ca.crt"
-    key, csr, crt = tmp_path / "tls.key", tmp_path / "tls.csr", tmp_path / "tls.crt"
-    ext = tmp_path / "ext.cnf"
-    ext.write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
-    openssl("req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca_crt), "-days", "1",
-            "-subj", "/CN=chainop-e2e-ca")  # fmt: skip
-    openssl("req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1")
-    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key),
-            "-CAcreateserial", "-out", str(crt), "-days", "1", "-extfile", str(ext))  # fmt: skip
-    return ca_crt, crt, key
-
-
-def webhook_configuration(name: str, namespace: str, port: int, ca: bytes) -> dict[str, object]:
-    """Both webhooks at https://127.0.0.1:PORT, as the chart makes them, for one namespace."""
-
-    def webhook(plural: str, path: str) -> dict[str, object]:
-        return {
-            "name": f"{plural}.chainop.dev",
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
-            "failurePolicy": "Ignore",
-            "timeoutSeconds": 5,
-            "matchPolicy": "Equivalent",
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-            "rules": [
-                {
-                    "apiGroups": ["chainop.dev"],
-                    "apiVersions": ["v1alpha1"],
-                    "operations": ["CREATE", "UPDATE"],
-                    "resources": [plural],
-                    "scope": "Namespaced",
-                }
-            ],
-            "clientConfig": {
-                "url": f"https://127.0.0.1:{port}/{path}",
-                "caBundle": base64.b64encode(ca).decode("ascii"),
-            },
-        }
-
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": name, "labels": {"chainop.dev/test": "true"}},
-        "webhooks": [
-            webhook("providerchains", "validate-providerchain"),
-            webhook("delegatedtasks", "validate-delegatedtask"),
-        ],
-    }
 
 
 @pytest.fixture
@@ -129,23 +69,6 @@ def install_webhooks(kubeconfig: Path, namespace: str) -> Iterator[Callable[[int
         "delete", "validatingwebhookconfiguration", name, "--ignore-not-found",
         kubeconfig=kubeconfig, check=False,
     )  # fmt: skip
-
-
-def wait_listening(port: int, ca: Path, *, timeout: float = 60.0) -> None:
-    """Until a TLS handshake with the webhook server succeeds (verified with the CA)."""
-    context = ssl.create_default_context(cafile=str(ca))
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with (
-                socket.create_connection(("127.0.0.1", port), timeout=2) as raw,
-                context.wrap_socket(raw, server_hostname="127.0.0.1"),
-            ):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def apply(path: Path, namespace: str, kubeconfig: Path, *extra: str):
