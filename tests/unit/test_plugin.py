@@ -267,3 +267,35 @@ def test_admission_warnings_are_read_from_every_warning_header():
     ]
     assert console.admission_warnings(None) == []
     assert console.admission_warnings(HTTPHeaderDict()) == []
+
+
+def test_explain_shows_the_last_drill_and_the_windows_spend():
+    from chainop.commands.explain import governance_lines
+
+    spec = {
+        "drills": {"intervalMinutes": 60},
+        "budget": {"window": "24h", "maxUSD": 10, "onExceeded": "Fail"},
+    }
+    status = {
+        "lastDrill": {
+            "time": "2026-12-02T10:00:00Z",
+            "forced": "local",
+            "path": ["cloud"],
+            "latencyMs": 41,
+            "passed": False,
+            "reason": "fallback cloud failed: HTTP 500",
+        },
+        "spend": {"windowStart": "2026-12-02T00:00:00Z", "usd": 8.5},
+    }
+    drill, budget = governance_lines(spec, status)
+    assert "last drill FAILED at 2026-12-02T10:00:00Z (41ms; local failed on purpose" in drill
+    assert drill.endswith("then cloud): fallback cloud failed: HTTP 500")
+    assert budget == (
+        "  budget 8.50 of 10.00 USD/24h spent (85%), window from 2026-12-02T00:00:00Z; "
+        "over it: Fail"
+    )
+    # Not configured: nothing to say; configured but nothing yet: says so.
+    assert governance_lines({}, status) == []
+    assert governance_lines({"drills": {"intervalMinutes": 5}}, {}) == [
+        "  drills every 5 min: none run yet"
+    ]

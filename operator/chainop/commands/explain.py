@@ -1,5 +1,6 @@
 """``explain``: a readable health report of one chain — each provider's state, reason,
-last error, cooldown, probe latency, load, restarts and drain — and its last Events."""
+last error, cooldown, probe latency, load, restarts and drain; the last failover drill and
+the budget window's spend — and its last Events."""
 
 from __future__ import annotations
 
@@ -80,6 +81,34 @@ def provider_lines(entry: dict[str, Any], spec: dict[str, Any], drain: dict[str,
     ]
 
 
+def governance_lines(spec: dict[str, Any], status: dict[str, Any]) -> list[str]:
+    """The last drill (spec.drills) and the window's spend (spec.budget), when configured."""
+    lines = []
+    drill, drills = status.get("lastDrill") or {}, spec.get("drills")
+    if drills:
+        if drill.get("time"):
+            verdict = "passed" if drill.get("passed") else "FAILED"
+            path = " → ".join(drill.get("path") or []) or "(no hop called)"
+            lines.append(
+                f"  last drill {verdict} at {drill['time']} ({drill.get('latencyMs', 0)}ms; "
+                f"{drill.get('forced') or '?'} failed on purpose, then {path}): "
+                f"{drill.get('reason', '')}"
+            )
+        else:
+            lines.append(f"  drills every {drills.get('intervalMinutes', 60)} min: none run yet")
+    budget, spend = spec.get("budget"), status.get("spend") or {}
+    if budget:
+        used = float(spend.get("usd") or 0.0)
+        cap = float(budget.get("maxUSD") or 0.0)
+        ratio = f" ({used / cap * 100:.0f}%)" if cap > 0 else ""
+        lines.append(
+            f"  budget {used:.2f} of {cap:.2f} USD/{budget.get('window', '?')} spent{ratio}, "
+            f"window from {spend.get('windowStart') or '(no task charged yet)'}; over it: "
+            f"{budget.get('onExceeded', 'LocalOnly')}"
+        )
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     cluster = connect(args)
     chain = cluster.get(console.CHAINS, args.chain)
@@ -103,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         + (f" ({ready.get('reason')}: {ready.get('message')})" if ready.get("reason") else ""),
         f"  strategy {(chain.get('spec') or {}).get('strategy', 'Fallback')}; active order: "
         f"{' → '.join(status.get('activeOrder') or []) or '(none)'}",
+        *governance_lines(chain.get("spec") or {}, status),
         "",
         "providers:",
     ]
