@@ -38,7 +38,7 @@ NAMESPACED_ALLOWED: dict[tuple[str, str], dict[str, str]] = {
     ("chainop.dev", "providerchains"): {
         "list": "kopf watch of ProviderChains (handlers.chain_event): initial list",
         "watch": "kopf watch of ProviderChains (handlers.chain_event)",
-        "get": "admission (admission.enabled): validate_task -> KubeClient.read_chain",
+        "get": "BudgetKeeper.write (spend) and admission validate_task -> KubeClient.read_chain",
     },
     ("chainop.dev", "delegatedtasks"): {
         "list": "kopf watch of DelegatedTasks (handlers.task_event): initial list",
@@ -132,6 +132,8 @@ SHAPES: dict[str, tuple[list[str], dict[tuple[str, str], set[str]]]] = {
         ["watchNamespaces={team-*}"],
         merged(NAMESPACED_ALLOWED, CLUSTER_ONLY, NAMESPACE_OBSERVER),
     ),
+    # Budgets read the chain by name whatever admission says (spend.BudgetKeeper.write).
+    "no-admission": (["admission.enabled=false"], merged(NAMESPACED_ALLOWED, CLUSTER_ONLY)),
 }
 
 
