@@ -114,6 +114,14 @@ def test_drain_until_ahead_counts():
     assert not review(chain(provider("a"), drains=[drain("a", until=until.isoformat())])).allowed
 
 
+@pytest.mark.parametrize(("minutes", "allowed"), [(30, False), (-5, True)])
+def test_drain_until_without_a_zone_is_utc(minutes: int, allowed: bool):
+    """``2026-12-02T10:30:00`` passes the CRD's date-time format; reviewing it must not
+    raise (the webhook would then admit it unreviewed, drain denial and warnings lost)."""
+    until = (NOW + timedelta(minutes=minutes)).replace(tzinfo=None).isoformat()
+    assert review(chain(provider("a"), drains=[drain("a", until=until)])).allowed is allowed
+
+
 def test_cost_on_a_sovereign_provider_is_allowed_without_warning():
     cost = {"inputPerMillionTokens": 0.05, "outputPerMillionTokens": 0.1}
     result = review(chain(provider("gpu", "Sovereign", cost=cost)))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -644,8 +644,16 @@ class ProviderDrain(_Model):
     )
 
     def active(self, now: datetime) -> bool:
-        """In effect at ``now``: no end, or an end still ahead."""
-        return self.until is None or now < self.until
+        """In effect at ``now``: no end, or an end still ahead.
+
+        An ``until`` without a zone (``2026-12-02T10:30:00``: the API server's date-time
+        format admits it) is UTC, as everywhere else chainop reads one
+        (``chainop.core.drains``), so comparing it never raises.
+        """
+        if self.until is None:
+            return True
+        until = self.until if self.until.tzinfo is not None else self.until.replace(tzinfo=UTC)
+        return (now if now.tzinfo is not None else now.replace(tzinfo=UTC)) < until
 
 
 class DrillsSpec(_Model):
