@@ -243,6 +243,49 @@ def test_table_columns_line_up(rows):
         assert line[start:] == value
 
 
+@pytest.mark.parametrize(
+    ("on_exceeded", "providers", "reason"),
+    [
+        ("LocalOnly", ["vllm"], "budget 1.00 USD/24h spent"),
+        ("Fail", [], "BudgetExceeded: budget 1.00 USD/24h spent"),
+    ],
+)
+def test_decide_applies_the_budget_the_operator_applies(on_exceeded, providers, reason):
+    """A spent budget in status.spend changes the decision exactly as the operator's gate
+    does: LocalOnly keeps Sovereign providers with the budget's words, Fail leaves none."""
+    from datetime import UTC, datetime, timedelta
+
+    from chainop.commands import decide
+
+    doc = yaml.safe_load(CHAIN.read_text())
+    doc["spec"]["budget"] = {"window": "24h", "maxUSD": 1, "onExceeded": on_exceeded}
+    spec = ProviderChainSpec.model_validate(doc["spec"])
+    task = DelegatedTaskSpec.model_validate(
+        yaml.safe_load((TASKS / "auto.yaml").read_text())["spec"]
+    )
+    day = datetime.now(tz=UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    live = {
+        **doc,
+        "status": {
+            "spend": {
+                "window": "24h",
+                "windowStart": console.rfc3339(day),
+                "windowEnd": console.rfc3339(day + timedelta(days=1)),
+                "usd": 1.5,
+                "byProvider": [{"provider": "openai", "usd": 1.5}],
+            }
+        },
+    }
+    data = decide.decision_data("default", spec, task, live, live)
+    assert data["providers"] == providers
+    assert data["reason"].startswith(reason)
+    assert decide.decision_data("default", spec, task, None, doc)["providers"] == [
+        "vllm",
+        "openai",
+        "anthropic",
+    ]
+
+
 def test_spend_prefers_the_chains_own_ledger():
     from chainop.commands import status
 

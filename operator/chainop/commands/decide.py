@@ -2,9 +2,11 @@
 
 It calls ``chainop.core.routing.route`` — the function the operator calls when it executes
 a task — on the live chain's spec (its drains, judged now) and ``status.activeOrder`` (so
-Excluded and Drained providers are left out exactly as the operator leaves them out), and
-shows each provider's state next to it. ``--offline -f chain.yaml -f task.yaml`` needs no
-cluster: the spec's order, every provider not drained assumed Healthy.
+Excluded and Drained providers are left out exactly as the operator leaves them out), then
+the chain's spend budget as the operator gates a new task (``chainop.core.budget.gate``
+with ``status.spend``: LocalOnly, or BudgetExceeded), and shows each provider's state.
+``--offline -f chain.yaml -f task.yaml`` needs no cluster: the spec's order, every
+provider not drained assumed Healthy (and no spend: a fresh budget window).
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import argparse
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from chainop import console
 from chainop.commands import add_parser, connect
-from chainop.core import routing
-from chainop.core.models import DelegatedTaskSpec, ProviderChainSpec
+from chainop.core import budget, routing
+from chainop.core.models import DelegatedTaskSpec, ProviderChainSpec, SpendStatus
 
 EXAMPLES = """\
   kubectl chainop decide -f examples/tasks/auto.yaml
@@ -65,7 +69,13 @@ def decision_data(
     status = console.status_of(chain) if chain is not None else {}
     order = status.get("activeOrder") if "activeOrder" in status else None
     # Drains judged at the real time, offline too: an entry whose until has passed is over.
-    decision = routing.route(chain_spec, task, active_order=order, now=datetime.now(tz=UTC))
+    now = datetime.now(tz=UTC)
+    decision = routing.route(chain_spec, task, active_order=order, now=now)
+    # Then the budget, as the operator gates a new task (spend.BudgetKeeper.gate) with the
+    # spend the chain's status.spend shows (none offline: a fresh window).
+    gated = budget.gate(chain_spec, decision, _spend(status), now=now.timestamp())
+    failure = gated.failure
+    decision = gated.decision
     providers = []
     for spec in chain_spec.providers:
         entry = console.provider_status(chain, spec.name) if chain is not None else {}
@@ -83,9 +93,9 @@ def decision_data(
         )
     return {
         "chain": chain_name,
-        "provider": decision.provider,
-        "providers": list(decision.providers),
-        "reason": decision.reason,
+        "provider": "" if failure else decision.provider,
+        "providers": [] if failure else list(decision.providers),
+        "reason": f"BudgetExceeded: {failure}" if failure else decision.reason,
         "rule": decision.rule,
         "localOnly": decision.local_only,
         "activeOrder": order if order is not None else [p.name for p in chain_spec.providers],
@@ -94,6 +104,15 @@ def decision_data(
         "ready": console.condition(chain, "Ready") if chain is not None else {},
         "reported": bool(status),
     }
+
+
+def _spend(status: dict[str, Any]) -> budget.Spend | None:
+    """The spend a chain's status shows (None when none, or unreadable)."""
+    raw = status.get("spend")
+    try:
+        return budget.from_status(SpendStatus.model_validate(raw) if raw else None)
+    except ValidationError:
+        return None
 
 
 def render(data: dict[str, Any]) -> str:
