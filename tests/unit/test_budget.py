@@ -110,6 +110,19 @@ def test_a_new_window_starts_from_zero_but_remembers_charged_tasks() -> None:
     assert budget.ratio(first, spec(), now=MIDNIGHT + DAY) == 0.0
 
 
+def test_a_task_that_finished_before_the_window_is_not_charged_to_it() -> None:
+    """An operator restart lists every finished, unmarked task again — also ones that
+    finished days ago while the chain had no budget: they belong to closed windows."""
+    now = MIDNIGHT + DAY + 60
+    old = budget.Charge("old", {"openai": 9.0}, finished_at=MIDNIGHT + 10)
+    new = budget.Charge("new", {"openai": 1.0}, finished_at=MIDNIGHT + DAY + 5)
+    unknown = budget.Charge("unknown", {"openai": 0.5})  # no completionTime: counted
+    applied = budget.apply(None, [old, new, unknown], spec(), now=now)
+    assert (applied.spend.usd, applied.spend.tasks) == (1.5, 2)
+    assert applied.counted == ("new", "unknown")
+    assert budget.apply(None, [old], spec(), now=now).spend.usd == 0.0
+
+
 def test_changing_the_window_length_resets() -> None:
     first = budget.apply(None, [charge("a", 5.0)], spec(), now=MIDNIGHT + 10).spend
     hourly = spec(window="1h")

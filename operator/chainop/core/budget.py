@@ -50,6 +50,11 @@ class Charge:
 
     uid: str
     by_provider: Mapping[str, float]
+    #: When the task finished (epoch seconds; None: unknown). A task belongs to the window
+    #: it finished in: one that finished before the current window began is not counted
+    #: in it (its window is closed), e.g. a task that finished while the chain had no
+    #: budget, charged when an operator restart lists it again days later.
+    finished_at: float | None = None
 
     @property
     def usd(self) -> float:
@@ -111,7 +116,13 @@ def current(spend: Spend | None, budget: BudgetSpec, *, now: float) -> Spend:
     return Spend(window=budget.window, window_start=start, window_seconds=seconds, charged=charged)
 
 
-def task_charge(uid: str, attempts: Sequence[Attempt], result: TaskResult | None) -> Charge:
+def task_charge(
+    uid: str,
+    attempts: Sequence[Attempt],
+    result: TaskResult | None,
+    *,
+    finished_at: float | None = None,
+) -> Charge:
     """What a finished task cost, by provider: the sum of its attempts' costs (the answer,
     plus calls a hedge cancelled), else the result's cost when attempts carry none."""
     by_provider: dict[str, float] = {}
@@ -122,19 +133,26 @@ def task_charge(uid: str, attempts: Sequence[Attempt], result: TaskResult | None
             )
     if not by_provider and result is not None and result.cost_usd + result.extra_cost_usd > 0:
         by_provider[result.provider] = result.cost_usd + result.extra_cost_usd
-    return Charge(uid=uid, by_provider={k: round(v, DECIMALS) for k, v in by_provider.items()})
+    return Charge(
+        uid=uid,
+        by_provider={k: round(v, DECIMALS) for k, v in by_provider.items()},
+        finished_at=finished_at,
+    )
 
 
 def apply(
     spend: Spend | None, charges: Iterable[Charge], budget: BudgetSpec, *, now: float
 ) -> Applied:
-    """Add ``charges`` to the window containing ``now``, each uid at most once."""
+    """Add ``charges`` to the window containing ``now``, each uid at most once; a charge
+    of a task that finished before that window began is not counted (its window is over)."""
     before = current(spend, budget, now=now)
     after = before
     seen = set(before.charged)
     counted: list[str] = []
     for charge in charges:
         if charge.uid in seen:
+            continue
+        if charge.finished_at is not None and charge.finished_at < before.window_start:
             continue
         seen.add(charge.uid)
         counted.append(charge.uid)

@@ -32,6 +32,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -120,7 +121,7 @@ class BudgetKeeper:
     ) -> None:
         """A task this process executed has ended: count its cost (metric) and, when the
         chain has a budget, queue the charge."""
-        charge = budget.task_charge(uid, result.attempts, None)
+        charge = budget.task_charge(uid, result.attempts, None, finished_at=self.runtime.clock())
         for provider, usd in charge.by_provider.items():
             self.runtime.metrics.spend.labels(chain.namespace, chain.name, provider).inc(usd)
         if charge.usd > 0 and chain.spec is not None and chain.spec.budget is not None:
@@ -149,7 +150,15 @@ class BudgetKeeper:
             return
         if parsed.phase not in (TaskPhase.SUCCEEDED, TaskPhase.FAILED):
             return
-        charge = budget.task_charge(uid, parsed.attempts, parsed.result)
+        ended = parsed.completion_time
+        if ended is not None and ended.tzinfo is None:
+            ended = ended.replace(tzinfo=UTC)
+        charge = budget.task_charge(
+            uid,
+            parsed.attempts,
+            parsed.result,
+            finished_at=ended.timestamp() if ended is not None else None,
+        )
         if charge.usd <= 0:
             self._remember(uid)
             return
