@@ -337,3 +337,44 @@ def test_admission_warns_about_drills_that_cannot_pass():
         update={"drills": paid_only.drills.model_copy(update={"allow_paid": True})}
     )
     assert admission.review_chain(allowed, now=now, addresses={}, policy=policy).warnings == ()
+
+
+# ----------------------------------------------------------------------------- gauges
+
+
+def test_a_drill_ending_after_its_chain_is_gone_leaves_no_gauge_behind():
+    """A drill runs in the background for up to two minutes: if its chain is deleted (or
+    this replica turns standby) meanwhile, its result must not leave a drill gauge that
+    nobody drops (a stale 0 keeps ChainopDrillFailing firing for ever)."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from chainop.core.models import DrillStatus
+    from chainop.metrics import Metrics
+    from chainop.operator.drills import DrillRunner
+    from chainop.operator.runtime import ChainRuntime
+
+    metrics = Metrics()
+    runtime = SimpleNamespace(
+        tick_hooks=[],
+        chains={},
+        metrics=metrics,
+        event=lambda *args, **kwargs: None,
+        clock=lambda: 0.0,
+        restarts=SimpleNamespace(ledgers={}),
+    )
+    runner = DrillRunner(runtime)  # type: ignore[arg-type]
+    spec = chain(provider("a", "Sovereign"), provider("b", "Sovereign"), drills={})
+    gone = ChainRuntime("ns", "gone", "uid-1", spec=spec)
+
+    def gauge() -> float | None:
+        return metrics.registry.get_sample_value(
+            "chainop_drill_last_passed", {"namespace": "ns", "chain": "gone"}
+        )
+
+    for active in (True, False):
+        failed = DrillStatus(time=datetime.now(tz=UTC), forced="a", passed=False, reason="x")
+        runner._record(gone, failed)  # the chain was deleted while its drill ran
+        assert gauge() == 0.0
+        runner.on_tick(0.0, active)  # active: the chain is not present; or standby
+        assert gauge() is None

@@ -177,6 +177,10 @@ class DrillRunner:
         outcome = "passed" if result.passed else "failed"
         self.runtime.metrics.drills.labels(chain.namespace, chain.name, outcome).inc()
         self._export(chain)
+        # Exported, so owned: a drill can end after its chain was deleted or this replica
+        # turned standby (it takes up to DRILL_TIMEOUT_SECONDS), and the next tick must
+        # drop these gauges then — else a stale failure keeps ChainopDrillFailing firing.
+        self.exported.add((chain.namespace, chain.name))
         log.info("drill of chain %s/%s %s: %s", chain.namespace, chain.name, outcome, result.reason)
         # The provider that answered (or failed) the drill, so the trail shows where the
         # synthetic request went; the forced head is in the reason, never "reached".
