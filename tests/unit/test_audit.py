@@ -168,3 +168,38 @@ def test_drain_transitions_are_audited(tmp_path: Path) -> None:
     )
     assert line["outcome"] == "Drained"
     assert "maintenance" in line["reason"]
+
+
+def test_a_benching_by_a_drill_is_audited(tmp_path: Path) -> None:
+    """A drill's real hop that fails may bench it like a task's call: that benching is an
+    audit line too (kind ``benching``, no task), as every benching is."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from chainop.metrics import Metrics
+    from chainop.operator.drills import _DrillObserver
+    from chainop.operator.runtime import ChainRuntime
+    from tests.unit.support import chain, provider
+
+    spec = chain(provider("a", "Sovereign"), provider("b", "Sovereign"))
+    runtime = SimpleNamespace(metrics=Metrics(CollectorRegistry()), event=lambda *a, **k: None)
+    observer = _DrillObserver(runtime, ChainRuntime("ns", "c", "uid", spec=spec))  # type: ignore[arg-type]
+    path = tmp_path / "audit.jsonl"
+    try:
+        audit.configure(str(path))
+        observer.on_benched(spec.providers[1], 5.0, "HTTP 503")
+    finally:
+        audit.configure(None)
+    (line,) = [json.loads(text) for text in path.read_text().splitlines()]
+    assert (line["kind"], line["chain"], line["provider"], line["task"]) == (
+        "benching",
+        "c",
+        "b",
+        None,
+    )
+    assert (line["outcome"], line["reason"], line["providerTier"]) == (
+        "Benched 5s",
+        "(drill) HTTP 503",
+        "Sovereign",
+    )

@@ -54,6 +54,15 @@ class _DrillObserver(ChainObserver):
         self.runtime.metrics.benchings.labels(
             self.chain.namespace, self.chain.name, provider.name
         ).inc()
+        # Every benching is an audit line (issue 17), a drill's too: no task, reason says so.
+        audit.chain_event(
+            "benching",
+            namespace=self.chain.namespace,
+            chain=self.chain.name,
+            provider=provider,
+            outcome=f"Benched {seconds:.0f}s",
+            reason=f"(drill) {reason}",
+        )
         self.runtime.event(
             self.chain.ref,
             type="Warning",
