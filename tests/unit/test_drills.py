@@ -378,3 +378,67 @@ def test_a_drill_ending_after_its_chain_is_gone_leaves_no_gauge_behind():
         assert gauge() == 0.0
         runner.on_tick(0.0, active)  # active: the chain is not present; or standby
         assert gauge() is None
+
+
+# ----------------------------------------------------------------------------- budgets
+
+
+def test_hops_the_budget_leaves_out_are_no_hops_even_with_allow_paid():
+    spec = chain(provider("a", "Sovereign"), provider("b", **PAID), provider("c", "Sovereign"))
+    drill = drills.plan(spec, ["a", "b", "c"], allow_paid=True, spent={"b"})
+    assert (drill.hops, drill.budget_left_out) == (("c",), ("b",))
+    alone = drills.plan(
+        chain(provider("a", "Sovereign"), provider("b", **PAID)),
+        ["a", "b"],
+        allow_paid=True,
+        spent={"b"},
+    )
+    assert not alone.runnable
+    assert "spend budget leaves out b" in alone.reason
+
+
+def test_a_drill_with_allow_paid_spends_nothing_the_budget_refuses_tasks():
+    """The runner asks the budget keeper (the gate new tasks pass): a spent budget
+    (LocalOnly) or a spent provider cap leaves those paid hops out of the drill; with
+    onExceeded Fail spent, every paid provider."""
+    from types import SimpleNamespace
+
+    from chainop.core import budget
+    from chainop.metrics import Metrics
+    from chainop.operator.drills import DrillRunner
+    from chainop.operator.runtime import ChainRuntime
+    from chainop.operator.spend import BudgetKeeper
+
+    now = 1_800_000_000.0
+    runtime = SimpleNamespace(tick_hooks=[], chains={}, metrics=Metrics(), clock=lambda: now)
+    keeper = BudgetKeeper(runtime)  # type: ignore[arg-type]
+    runner = DrillRunner(runtime, keeper)  # type: ignore[arg-type]
+
+    def spent(on_exceeded: str, usd: float, **by_provider: float) -> frozenset[str]:
+        spec = chain(
+            provider("a", "Sovereign"),
+            provider("b", **PAID),
+            provider("c", **PAID),
+            drills={"allowPaid": True},
+            budget={
+                "maxUSD": 10,
+                "onExceeded": on_exceeded,
+                "providers": [{"name": "c", "maxUSD": 1}],
+            },
+        )
+        assert spec.budget is not None
+        window = budget.current(None, spec.budget, now=now)
+        keeper.known[("ns", "c")] = budget.Spend(
+            window="24h",
+            window_start=window.window_start,
+            window_seconds=window.window_seconds,
+            usd=usd,
+            by_provider=by_provider,
+        )
+        return runner.spent(ChainRuntime("ns", "c", "uid", spec=spec))
+
+    assert spent("LocalOnly", 0.5, b=0.5) == frozenset()
+    assert spent("LocalOnly", 1.0, c=1.0) == {"c"}  # c's own cap
+    assert spent("LocalOnly", 10.0, b=10.0) == {"b", "c"}  # the chain's budget
+    assert spent("Fail", 10.0, b=10.0) == {"b", "c"}
+    assert DrillRunner(runtime).spent(ChainRuntime("ns", "c", "uid")) == frozenset()  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ effects: the operator's runner (``chainop.operator.drills``) does the I/O.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -139,6 +139,8 @@ class DrillPlan:
     hops: tuple[str, ...]
     paid_left_out: tuple[str, ...] = ()
     reason: str = ""
+    #: Hops the chain's spend budget leaves out now (as it leaves them out of new tasks).
+    budget_left_out: tuple[str, ...] = ()
 
     @property
     def runnable(self) -> bool:
@@ -157,13 +159,17 @@ def plan(
     *,
     allow_paid: bool,
     now: datetime | None = None,
+    spent: Collection[str] = (),
 ) -> DrillPlan:
     """The drill of ``chain`` given its ``status.activeOrder``. Purely computational.
 
     The head is what real tasks try first under the chain's strategy (FallbackOnly
     already skips the spec's head; RoundRobin is drilled from its unrotated order);
     PrimaryOnly has no fallback, so its drill cannot pass. Providers drained by hand at
-    ``now`` are out, as for tasks (``None``: every drain entry counts).
+    ``now`` are out, as for tasks (``None``: every drain entry counts). ``spent``: the
+    providers the chain's spend budget leaves out of new tasks now (a spent provider
+    cap, or a spent budget); they are no hop either, ``allowPaid`` or not, so a drill
+    never spends what the budget refuses the chain's tasks.
     """
     known = {p.name: p for p in chain.providers}
     drained = drain_rules.in_effect(chain, now=now)
@@ -175,11 +181,17 @@ def plan(
     if not order:
         return DrillPlan("", (), reason="no provider is in the chain's active order")
     head, rest = order[0], order[1:]
+    budgeted = tuple(name for name in rest if name in spent)
+    rest = [name for name in rest if name not in spent]
     hops = tuple(name for name in rest if allow_paid or not is_paid(known[name]))
     paid = tuple(name for name in rest if name not in hops)
     if hops:
-        return DrillPlan(head, hops, paid)
-    if paid:
+        return DrillPlan(head, hops, paid, budget_left_out=budgeted)
+    if budgeted:
+        why = f"no eligible hop after {head}: the spend budget leaves out {', '.join(budgeted)}" + (
+            f" and paid providers ({', '.join(paid)})" if paid else ""
+        )
+    elif paid:
         why = (
             f"no eligible hop after {head}: paid providers left out ({', '.join(paid)}; "
             "drills.allowPaid is false)"
@@ -187,7 +199,7 @@ def plan(
     else:
         why = f"no eligible hop after {head}: it is the only provider in the active order"
         why += f" (drained: {', '.join(drained)})" if drained else ""
-    return DrillPlan(head, (), paid, reason=why)
+    return DrillPlan(head, (), paid, reason=why, budget_left_out=budgeted)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from chainop.core import drills
 from chainop.core.chain import ChainObserver, ExecutionResult
@@ -34,8 +35,12 @@ from chainop.core.models import (
     ProviderSpec,
     Strategy,
 )
+from chainop.core.routing import RoutingDecision
 from chainop.operator import audit
 from chainop.operator.runtime import ChainRuntime, Runtime
+
+if TYPE_CHECKING:
+    from chainop.operator.spend import BudgetKeeper
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +82,16 @@ class _DrillObserver(ChainObserver):
 
 
 class DrillRunner:
-    """Schedules and runs failover drills for one operator process."""
+    """Schedules and runs failover drills for one operator process.
 
-    def __init__(self, runtime: Runtime) -> None:
+    ``budgets`` (the TaskRunner's keeper): a drill leaves out the hops the chain's spend
+    budget leaves out of new tasks, so a drill with ``allowPaid`` never calls a paid
+    provider whose cap, or whose chain's budget, is spent.
+    """
+
+    def __init__(self, runtime: Runtime, budgets: BudgetKeeper | None = None) -> None:
         self.runtime = runtime
+        self.budgets = budgets
         #: Chains with a drill in flight.
         self.running: set[tuple[str, str]] = set()
         #: Chains whose gauges this replica exports (dropped when they go away).
@@ -136,7 +147,11 @@ class DrillRunner:
         assert board is not None
         started = datetime.fromtimestamp(now, tz=UTC)
         plan = drills.plan(
-            spec, chain.active_order(), allow_paid=spec.drills.allow_paid, now=started
+            spec,
+            chain.active_order(),
+            allow_paid=spec.drills.allow_paid,
+            now=started,
+            spent=self.spent(chain),
         )
         if not plan.runnable:
             return DrillStatus(time=started, forced=plan.head, passed=False, reason=plan.reason)
@@ -157,6 +172,19 @@ class DrillRunner:
             passed=verdict.passed,
             reason=verdict.reason,
         )
+
+    def spent(self, chain: ChainRuntime) -> frozenset[str]:
+        """Providers the chain's budget leaves out of a new task now: those its gate drops
+        from a route over every provider; with ``onExceeded: Fail`` spent, every paid one."""
+        spec = chain.spec
+        if self.budgets is None or spec is None or spec.budget is None:
+            return frozenset()
+        names = tuple(p.name for p in spec.providers)
+        every = RoutingDecision(providers=names, reason="drill", rule=5, local_only=False)
+        gated = self.budgets.gate(chain, every, running=False)
+        if gated.failure is not None:
+            return frozenset(p.name for p in spec.providers if drills.is_paid(p))
+        return frozenset(names) - set(gated.decision.providers)
 
     async def _execute(
         self, chain: ChainRuntime, plan: drills.DrillPlan, *, now: float

@@ -86,7 +86,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     runtime.leadership.export_metrics(metrics.registry)
     memo["runtime"] = runtime
     memo["tasks"] = TaskRunner(runtime)
-    memo["drills"] = DrillRunner(runtime)
+    memo["drills"] = DrillRunner(runtime, memo["tasks"].budgets)
     runtime.spawn(runtime.run(), name="health-loop")
     runtime.spawn(memo["tasks"].budgets.run(), name="budget-loop")
     if config.gc_thresholds is not None:
