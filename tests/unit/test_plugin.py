@@ -292,9 +292,22 @@ def test_spend_prefers_the_chains_own_ledger():
     task = {"status": {"result": {"provider": "openai", "costUSD": 0.5, "extraCostUSD": 0.25}}}
     summed = status.spend_data([{"spend": None}], [task, {"status": {}}])
     assert summed == {"source": "sum of task costs", "usd": 0.75, "byProvider": {"openai": 0.75}}
-    kept = {"windowStart": "2026-12-02T00:00:00Z", "usd": "2.5", "byProvider": {"openai": 2.5}}
+    # status.spend exactly as the operator writes it (byProvider is a list).
+    from chainop.core import budget
+    from chainop.core.models import BudgetSpec
+
+    charge = budget.Charge("uid", {"openai": 2.0, "vllm": 0.5})
+    written = budget.apply(None, [charge], BudgetSpec(maxUSD=10), now=1_800_000_000.0).spend
+    kept = budget.to_status(written).model_dump(by_alias=True, mode="json")
     ledger = status.spend_data([{"spend": kept}, {"spend": None}], [task])
-    assert ledger == {"source": "chain status.spend", "usd": 2.5, "byProvider": {"openai": 2.5}}
+    assert ledger == {
+        "source": "chain status.spend",
+        "usd": 2.5,
+        "byProvider": {"openai": 2.0, "vllm": 0.5},
+    }
+    assert "openai $2.000000" in status.render(
+        {"chains": [], "tasks": {}, "namespace": "ns", "spend": ledger}
+    )
 
 
 def test_admission_warnings_are_read_from_every_warning_header():

@@ -89,8 +89,10 @@ def spend_data(chains: list[dict[str, Any]], tasks: list[dict[str, Any]]) -> dic
     kept = [c["spend"] for c in chains if c.get("spend")]
     if kept:
         for spend in kept:
-            for provider, usd in (spend.get("byProvider") or {}).items():
-                _add(by_provider, str(provider), float(usd))
+            # status.spend.byProvider is a list of {provider, usd} (SpendStatus).
+            for entry in spend.get("byProvider") or []:
+                if isinstance(entry, dict) and entry.get("provider"):
+                    _add(by_provider, str(entry["provider"]), float(entry.get("usd") or 0))
         total = sum(float(s.get("usd") or 0) for s in kept)
         return {"source": "chain status.spend", "usd": total, "byProvider": by_provider}
     for task in tasks:
