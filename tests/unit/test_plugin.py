@@ -286,6 +286,29 @@ def test_decide_applies_the_budget_the_operator_applies(on_exceeded, providers, 
     ]
 
 
+def test_decide_shows_what_the_strategy_tries():
+    """PrimaryOnly: the executor calls the first provider only, so decide must not say
+    'try vllm → openai → anthropic'; RoundRobin: the order, with its rotation named."""
+    from chainop.commands import decide
+
+    task = DelegatedTaskSpec.model_validate(
+        yaml.safe_load((TASKS / "auto.yaml").read_text())["spec"]
+    )
+    doc = yaml.safe_load(CHAIN.read_text())
+    shown = {}
+    for strategy in ("PrimaryOnly", "RoundRobin", "Fallback"):
+        doc["spec"]["strategy"] = strategy
+        spec = ProviderChainSpec.model_validate(doc["spec"])
+        shown[strategy] = decide.decision_data("default", spec, task, None, doc)
+    primary = shown["PrimaryOnly"]
+    assert primary["providers"] == ["vllm"]
+    assert primary["reason"].endswith("; strategy PrimaryOnly tries vllm only")
+    assert [s["eligible"] for s in primary["states"]] == [True, False, False]
+    assert shown["RoundRobin"]["providers"] == ["vllm", "openai", "anthropic"]
+    assert "RoundRobin starts each task one further" in shown["RoundRobin"]["reason"]
+    assert shown["Fallback"]["reason"] == "preferredProvider=auto: active order"
+
+
 def test_spend_prefers_the_chains_own_ledger():
     from chainop.commands import status
 

@@ -20,7 +20,8 @@ from pydantic import ValidationError
 from chainop import console
 from chainop.commands import add_parser, connect
 from chainop.core import budget, routing
-from chainop.core.models import DelegatedTaskSpec, ProviderChainSpec, SpendStatus
+from chainop.core.models import DelegatedTaskSpec, ProviderChainSpec, SpendStatus, Strategy
+from chainop.core.rules import ordered_for_strategy
 
 EXAMPLES = """\
   kubectl chainop decide -f examples/tasks/auto.yaml
@@ -76,6 +77,15 @@ def decision_data(
     gated = budget.gate(chain_spec, decision, _spend(status), now=now.timestamp())
     failure = gated.failure
     decision = gated.decision
+    # What the executor then tries (``rules.ordered_for_strategy``, per execution):
+    # PrimaryOnly only the first; RoundRobin starts one further along for each task.
+    tried = list(decision.providers)
+    reason = decision.reason
+    if len(tried) > 1 and chain_spec.strategy is Strategy.PRIMARY_ONLY:
+        tried = ordered_for_strategy(chain_spec, tried)
+        reason += f"; strategy PrimaryOnly tries {tried[0]} only"
+    elif len(tried) > 1 and chain_spec.strategy is Strategy.ROUND_ROBIN:
+        reason += "; strategy RoundRobin starts each task one further along this order"
     providers = []
     for spec in chain_spec.providers:
         entry = console.provider_status(chain, spec.name) if chain is not None else {}
@@ -86,16 +96,16 @@ def decision_data(
                 "name": spec.name,
                 "privacyTier": spec.privacy_tier.value,
                 "state": entry.get("state") or (assumed if chain is None else "Unknown"),
-                "eligible": spec.name in decision.providers,
+                "eligible": spec.name in tried,
                 "reason": entry.get("reason") or "",
                 "drain": drain,
             }
         )
     return {
         "chain": chain_name,
-        "provider": "" if failure else decision.provider,
-        "providers": [] if failure else list(decision.providers),
-        "reason": f"BudgetExceeded: {failure}" if failure else decision.reason,
+        "provider": "" if failure or not tried else tried[0],
+        "providers": [] if failure else tried,
+        "reason": f"BudgetExceeded: {failure}" if failure else reason,
         "rule": decision.rule,
         "localOnly": decision.local_only,
         "activeOrder": order if order is not None else [p.name for p in chain_spec.providers],
