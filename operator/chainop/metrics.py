@@ -196,6 +196,13 @@ class Metrics:
             ["namespace", "chain"],
             registry=r,
         )
+        self.spend_write_errors = Counter(
+            "chainop_spend_write_errors_total",
+            "Failed writes of a chain's status.spend (not conflicts, which are retried at "
+            "once): RBAC, validation, an unreachable API server.",
+            ["namespace", "chain"],
+            registry=r,
+        )
         self.status_writes = Counter(
             "chainop_status_writes_total",
             "Status patches chainop sent to the API server, by resource kind.",

@@ -102,9 +102,10 @@ def test_drill_passes_on_a_healthy_chain(kit: Kit, operator, backends):
         for text in operator.log().splitlines()
         if text.startswith('{"schema"') and '"kind":"drill"' in text
     ]
-    assert [(a["chain"], a["provider"], a["fromProvider"], a["outcome"]) for a in lines] == [
-        ("healthy", "secondary", "primary", "passed")
-    ]
+    assert [
+        (a["chain"], a["provider"], a["fromProvider"], a["outcome"], a["providerTier"])
+        for a in lines
+    ] == [("healthy", "secondary", "primary", "passed", "Sovereign")]
 
 
 @pytest.mark.parametrize("breakage", ["http-500", "closed-port"])

@@ -51,6 +51,7 @@ def announce(
     now: float,
     post: PostEvent,
     metrics: Metrics,
+    spec: ProviderChainSpec | None = None,
 ) -> dict[str, ProviderDrain]:
     """Post the Events of the drain transitions from ``shown`` to ``built``; return what
     ``built`` shows (the next comparison's ``shown``).
@@ -64,11 +65,13 @@ def announce(
         metrics.drain_changes.labels(
             namespace, chain, change.provider, "Expired" if change.expired else change.reason
         ).inc()
+        known = spec.provider(change.provider) if spec is not None else None
         audit.record(
             "drain",
             namespace=namespace,
             chain=chain,
             provider=change.provider,
+            provider_tier=known.privacy_tier.value if known is not None else None,
             outcome="Expired" if change.expired else change.reason,
             reason=change.message,
         )

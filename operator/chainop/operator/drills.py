@@ -221,11 +221,14 @@ class DrillRunner:
         log.info("drill of chain %s/%s %s: %s", chain.namespace, chain.name, outcome, result.reason)
         # The provider that answered (or failed) the drill, so the trail shows where the
         # synthetic request went; the forced head is in the reason, never "reached".
+        reached = result.path[-1] if result.path else None
+        known = chain.spec.provider(reached) if chain.spec is not None and reached else None
         audit.record(
             "drill",
             namespace=chain.namespace,
             chain=chain.name,
-            provider=result.path[-1] if result.path else None,
+            provider=reached,
+            provider_tier=known.privacy_tier.value if known is not None else None,
             from_provider=result.forced or None,
             outcome=outcome,
             reason=result.reason,

@@ -1139,6 +1139,7 @@ class Runtime:
                     now=now,
                     post=self.event,
                     metrics=self.metrics,
+                    spec=runtime.spec,
                 )
             # status.spend is the budget keeper's (chainop.operator.spend): left out, so
             # this merge patch never undoes a charge.

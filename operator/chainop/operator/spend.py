@@ -87,6 +87,8 @@ class BudgetKeeper:
         self.pending: dict[Key, dict[str, Pending]] = {}
         self.handled: OrderedDict[str, None] = OrderedDict()
         self._wake = asyncio.Event()
+        #: When each chain's failed spend write was last logged (a warning a minute).
+        self.warned: dict[Key, float] = {}
 
     # ----------------------------------------------------------------- reading
 
@@ -230,7 +232,7 @@ class BudgetKeeper:
             try:
                 obj = await kube.read_chain(namespace, name)
             except KubeError as error:
-                log.info("budget of chain %s/%s not read: %s", namespace, name, error)
+                self.write_failed(key, error)  # a refused read stops the write as surely
                 return False
             spec = _budget_of(obj)
             if obj is None or spec is None:
@@ -259,13 +261,30 @@ class BudgetKeeper:
                     continue
                 if error.not_found:
                     return True
-                log.info("spend of chain %s/%s not written: %s", namespace, name, error)
+                self.write_failed(key, error)
                 return False
             self.runtime.metrics.status_writes.labels("ProviderChain").inc()
             self.known[key] = budget.newer(self.known.get(key), applied.spend)
             self.announce(key, str(meta.get("uid", "")), spec, applied, stored)
             return True
         return False
+
+    def write_failed(self, key: Key, error: KubeError) -> None:
+        """A spend write (or its read) the API server refused, not a conflict: counted,
+        and a warning at most once a minute per chain. It is retried every pass, and while
+        it fails the budget cannot gate (charges wait in memory, lost if chainop stops)."""
+        namespace, name = key
+        self.runtime.metrics.spend_write_errors.labels(namespace, name).inc()
+        now = self.runtime.clock()
+        if now - self.warned.get(key, float("-inf")) >= 60.0:
+            self.warned[key] = now
+            log.warning(
+                "spend of chain %s/%s not written (retried; the budget cannot gate until it "
+                "is): %s",
+                namespace,
+                name,
+                error,
+            )
 
     async def mark(self, namespace: str, pending: Pending) -> None:
         """Mark a task charged (only the task with that uid; gone is fine)."""

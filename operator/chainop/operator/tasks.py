@@ -164,6 +164,8 @@ class TaskObserver(ChainObserver):
             m.hedges.labels(self.chain.namespace, self.chain.name, provider.name, result).inc()
 
     def on_saturated(self, provider: ProviderSpec, reason: str) -> None:
+        # A spillover that follows says why in the audit trail: the skip, not a failure.
+        self.last_move = f"{provider.name} skipped, {reason}"
         self.runtime.metrics.saturated_skips.labels(
             self.chain.namespace, self.chain.name, provider.name
         ).inc()
@@ -198,6 +200,9 @@ class TaskObserver(ChainObserver):
         )
 
     def on_hedge(self, primary: ProviderSpec, hedge: ProviderSpec, after_seconds: float) -> None:
+        self.last_move = (
+            f"hedge: {primary.name} had not answered after {after_seconds * 1000:.0f}ms"
+        )
         self.runtime.event(
             self.task.object_ref,
             type="Normal",
