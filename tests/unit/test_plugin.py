@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -378,3 +379,16 @@ def test_explain_shows_the_last_drill_and_the_windows_spend():
     assert governance_lines({"drills": {"intervalMinutes": 5}}, {}) == [
         "  drills every 5 min: none run yet"
     ]
+
+
+def test_status_leaves_out_a_spend_whose_window_ended_or_whose_budget_was_removed():
+    from chainop.commands.status import current_spend
+
+    spend = {"windowStart": "2026-12-02T00:00:00Z", "windowEnd": "2026-12-03T00:00:00Z", "usd": 3}
+    chain = {"spec": {"budget": {"window": "24h", "maxUSD": 10}}, "status": {"spend": spend}}
+    inside = datetime(2026, 12, 2, 12, tzinfo=UTC).timestamp()
+    after = datetime(2026, 12, 3, 0, 0, 1, tzinfo=UTC).timestamp()
+    assert current_spend(chain, now=inside) == spend
+    assert current_spend(chain, now=after) is None  # the next window has spent nothing yet
+    no_budget = {"spec": {}, "status": {"spend": spend}}
+    assert current_spend(no_budget, now=inside) is None  # a stale ledger, not a budget

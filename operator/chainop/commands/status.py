@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
 from chainop import console
@@ -75,8 +76,26 @@ def chain_data(cluster: console.Cluster, chain: dict[str, Any]) -> dict[str, Any
         "ready": console.condition(chain, "Ready").get("status", "Unknown"),
         "activeOrder": status.get("activeOrder", []),
         "providers": providers,
-        "spend": status.get("spend"),
+        "spend": current_spend(chain, now=time.time()),
     }
+
+
+def current_spend(chain: dict[str, Any], *, now: float) -> dict[str, Any] | None:
+    """The chain's ``status.spend`` while it means something: the chain still has a budget
+    and the window it counts has not ended (after that the operator starts a new window
+    at the next charge; until then the old figure is not this window's spend)."""
+    spend = console.status_of(chain).get("spend")
+    if not spend or not (chain.get("spec") or {}).get("budget"):
+        return None
+    end = spend.get("windowEnd")
+    if end:
+        try:
+            ended = datetime.fromisoformat(str(end).replace("Z", "+00:00")).timestamp() <= now
+        except ValueError:
+            ended = False
+        if ended:
+            return None
+    return dict(spend)
 
 
 def _add(into: dict[str, float], provider: str, usd: float) -> None:
