@@ -149,6 +149,41 @@ def test_operator_pod_on_the_node(node: Node, namespaces: tuple[str, str], tmp_p
         assert task["result"]["provider"] == "vllm"
         lines.append(f"task hello: Succeeded on vllm: {task['result']['text'][:50]!r}")
 
+        # 3b. The chart's admission webhook, called by the API server at the operator pod
+        # (its Service's endpoint; the certificate helm made): a chain the operator could
+        # never run is refused at apply, a task naming a missing chain is warned about.
+        bad_chain = {
+            "apiVersion": "chainop.dev/v1alpha1",
+            "kind": "ProviderChain",
+            "metadata": {"name": "twice", "namespace": watched},
+            "spec": {
+                "providers": [
+                    kit.provider("vllm", url, "Sovereign", model=MODEL),
+                    kit.provider("vllm", url, "Sovereign", model=MODEL),
+                ]
+            },
+        }
+        denied = node.kubectl("apply", "-f", "-", input=json.dumps(bad_chain), check=False)
+        assert denied.returncode != 0, denied.stdout
+        assert "denied the request" in denied.stderr, denied.stderr
+        assert "duplicate provider name 'vllm'" in denied.stderr, denied.stderr
+        lost_task = {
+            "apiVersion": "chainop.dev/v1alpha1",
+            "kind": "DelegatedTask",
+            "metadata": {"name": "lost", "namespace": watched},
+            "spec": {"chain": "nowhere", "request": {"messages": [{"content": "hi"}]}},
+        }
+        warned = node.kubectl("apply", "-f", "-", input=json.dumps(lost_task), check=False)
+        assert warned.returncode == 0, warned.stderr
+        assert "Warning:" in warned.stderr, warned.stderr
+        assert "nowhere" in warned.stderr, warned.stderr
+        node.kubectl("delete", "delegatedtask", "lost", "-n", watched, "--wait=false")
+        lines.append(
+            "admission at the pod (chart webhook, helm's certificate): "
+            f"{denied.stderr.strip().splitlines()[-1][:110]!r}; "
+            f"{warned.stderr.strip().splitlines()[0][:110]!r}"
+        )
+
         # 4. The hardened securityContext, read back from the running container.
         code, uid = exec_in(node, release_ns, name, "id -u")
         assert code == 0, uid
