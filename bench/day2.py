@@ -144,7 +144,21 @@ def _plugin_times(kubeconfig: Path, namespace: str, runs: int, work: Path) -> di
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Both parts; returns the section's figures."""
+    """Both parts; returns the section's figures. A control plane this started is stopped
+    again (one found running is left running)."""
+    found = cluster.cluster_running()
+    try:
+        return _measure(args)
+    finally:
+        if not found:
+            print("day2 bench: stopping the control plane it started", file=sys.stderr)
+            try:
+                cluster.stop_cluster()
+            except (cluster.ClusterError, subprocess.TimeoutExpired) as error:
+                print(f"day2 bench: could not stop the control plane: {error}", file=sys.stderr)
+
+
+def _measure(args: argparse.Namespace) -> dict[str, Any]:
     kubeconfig = cluster.ensure_cluster()
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
     api = cluster.connect(kubeconfig)
