@@ -292,6 +292,9 @@ def test_operator_flags():
     assert "--metrics-port=9090" in args
     assert "--log-format=json" in args
     assert not [a for a in args if a.startswith("--peering")]
+    assert "--no-audit" not in args  # the audit trail on stdout by default
+    _, objects = render(["operator.audit=false"])
+    assert "--no-audit" in deployment(objects)["spec"]["template"]["spec"]["containers"][0]["args"]
 
     _, objects = render(SHAPES["namespaced"][0])
     args = deployment(objects)["spec"]["template"]["spec"]["containers"][0]["args"]
