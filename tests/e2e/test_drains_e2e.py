@@ -31,7 +31,7 @@ from chainop.core.models import GROUP, VERSION
 from chainop.testing import cluster as cluster_helpers
 from chainop.testing.cluster import free_port
 from chainop.testing.fake_backend import FakeBackendControl
-from tests.e2e.kit import CHAINS, Kit, condition, operator_metric, ready_condition
+from tests.e2e.kit import CHAINS, TASKS, Kit, condition, operator_metric, ready_condition
 
 pytestmark = pytest.mark.cluster
 
@@ -242,3 +242,43 @@ def test_until_ends_the_drain_on_time_also_while_the_operator_is_stopped(
     assert len(undrained) == 2
     assert all("Expired" in message for message in undrained)
     assert len(events(kit, "default", "DrainIgnored")) == 1
+
+
+def test_a_task_only_a_timed_drain_keeps_out_waits_for_it_to_end(kit: Kit, operator, backends):
+    vllm, cloud = backends("vllm"), backends("cloud")
+    kit.create_chain(
+        "default",
+        [kit.provider("vllm", vllm.url, "Sovereign"), kit.provider("cloud", cloud.url)],
+        health=PROBING,
+    )
+    kit.chain_ready("default")
+    until = datetime.now(tz=UTC) + timedelta(seconds=5)
+    set_drains(kit, "default", [{"provider": "vllm", "by": "bob", "until": until.isoformat()}])
+    kit.wait_until(lambda: state(kit, "default", "vllm") == "Drained", what="vllm Drained")
+
+    # Only vllm may take it, and vllm is back in 5 s: the task waits, as a pod waits for
+    # a node to be uncordoned (it has 60 s).
+    kit.create_task("patient", routing={"requiresLocal": True}, timeoutSeconds=60)
+    kit.wait_until(
+        lambda: (
+            condition(kit.get(TASKS, "patient"), "Progressing").get("reason")
+            == "WaitingForProvider"
+        ),
+        what="WaitingForProvider",
+    )
+    waiting = condition(kit.get(TASKS, "patient"), "Progressing")["message"]
+    assert "waiting for the drain of vllm to end at" in waiting
+    done = kit.wait_task("patient", timeout=60)
+    assert done["phase"] == "Succeeded", done
+    assert done["result"]["provider"] == "vllm"
+    assert datetime.fromisoformat(done["attempts"][0]["startedAt"]) >= until
+    assert "WaitingForProvider" in kit.event_reasons("patient")
+
+    # A drain that outlasts the task's deadline, or one without an end: no wait.
+    later = datetime.now(tz=UTC) + timedelta(minutes=10)
+    set_drains(kit, "default", [{"provider": "vllm", "by": "bob", "until": later.isoformat()}])
+    kit.wait_until(lambda: state(kit, "default", "vllm") == "Drained", what="Drained again")
+    kit.create_task("hurried", routing={"requiresLocal": True}, timeoutSeconds=30)
+    failed = kit.wait_task("hurried", timeout=30)
+    assert failed["phase"] == "Failed"
+    assert condition({"status": failed}, "Succeeded")["reason"] == "NoEligibleProvider"

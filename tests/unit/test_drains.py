@@ -381,3 +381,62 @@ def test_an_excluded_drained_provider_backs_off_and_is_restored_quietly():
     restored = probe(failed, now=due + 5, ok=True)
     assert not restored.excluded
     assert not restored.unhealthy
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+def test_a_task_waits_for_the_earliest_timed_drain_before_its_deadline():
+    spec = drained_chain(
+        {"provider": "local-vllm", "until": at(60)},
+        {"provider": "private-eu", "until": at(30)},
+    )
+    deadline = NOW + timedelta(seconds=120)
+    wait = drains.wait_for_drain(spec, ["local-vllm", "private-eu"], now=NOW, deadline=deadline)
+    assert wait == drains.DrainWait(provider="private-eu", until=NOW + timedelta(seconds=30))
+    # The drain outlasts the deadline: no wait (the task fails now, saying why).
+    alone = drains.wait_for_drain(
+        spec, ["local-vllm"], now=NOW, deadline=NOW + timedelta(seconds=61)
+    )
+    assert alone == drains.DrainWait(provider="local-vllm", until=NOW + timedelta(seconds=60))
+    assert (
+        drains.wait_for_drain(spec, ["local-vllm"], now=NOW, deadline=NOW + timedelta(seconds=59))
+        is None
+    )
+
+
+def test_no_wait_when_a_usable_provider_is_not_drained_or_no_drain_has_an_end():
+    spec = drained_chain({"provider": "local-vllm"}, {"provider": "private-eu", "until": at(30)})
+    deadline = NOW + timedelta(seconds=120)
+    # openai is not drained: drains are not what stops the task.
+    assert drains.wait_for_drain(spec, ["private-eu", "openai"], now=NOW, deadline=deadline) is None
+    # Drained until someone lifts it: nothing to wait for.
+    assert drains.wait_for_drain(spec, ["local-vllm"], now=NOW, deadline=deadline) is None
+    # Open-ended and timed together: wait for the timed one.
+    wait = drains.wait_for_drain(spec, ["local-vllm", "private-eu"], now=NOW, deadline=deadline)
+    assert wait is not None
+    assert wait.provider == "private-eu"
+    # Nothing the task could use: nothing to wait for either.
+    assert drains.wait_for_drain(spec, [], now=NOW, deadline=deadline) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ends=st.lists(st.one_of(st.none(), st.integers(1, 600)), min_size=1, max_size=3),
+    budget=st.integers(1, 600),
+)
+def test_a_drain_wait_ends_before_the_deadline_at_a_drain_that_really_ends(ends, budget):
+    names = ["local-vllm", "private-eu", "openai"][: len(ends)]
+    entries = [
+        {"provider": n} if e is None else {"provider": n, "until": at(e)}
+        for n, e in zip(names, ends, strict=True)
+    ]
+    spec = drained_chain(*entries)
+    deadline = NOW + timedelta(seconds=budget)
+    wait = drains.wait_for_drain(spec, names, now=NOW, deadline=deadline)
+    timed = [NOW + timedelta(seconds=e) for e in ends if e is not None]
+    if wait is None:
+        assert not timed or min(timed) >= deadline
+    else:
+        assert wait.until == min(timed)
+        assert NOW < wait.until < deadline

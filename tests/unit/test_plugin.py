@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -392,3 +392,23 @@ def test_status_leaves_out_a_spend_whose_window_ended_or_whose_budget_was_remove
     assert current_spend(chain, now=after) is None  # the next window has spent nothing yet
     no_budget = {"spec": {}, "status": {"spend": spend}}
     assert current_spend(no_budget, now=inside) is None  # a stale ledger, not a budget
+
+
+def test_decide_offline_says_a_task_waits_for_a_timed_drain(capsys, tmp_path):
+    """vllm, the only Sovereign provider, drained for a minute: a requiresLocal task with
+    time to spare waits for it (exit 0); drained with no end, it fails (exit 1)."""
+    doc = yaml.safe_load(CHAIN.read_text())
+    until = datetime.now(tz=UTC) + timedelta(minutes=1)
+    doc["spec"]["drains"] = [{"provider": "vllm", "by": "bob", "until": until.isoformat()}]
+    chain = tmp_path / "chain.yaml"
+    chain.write_text(yaml.safe_dump(doc))
+    task = TASKS / "requires-local.yaml"
+    code, out, _ = run(capsys, "decide", "--offline", "-f", str(chain), "-f", str(task))
+    assert code == console.OK, out
+    assert "no provider is eligible" in out
+    assert "the task would wait for the drain of vllm to end at" in out
+    doc["spec"]["drains"] = [{"provider": "vllm", "by": "bob"}]
+    chain.write_text(yaml.safe_dump(doc))
+    code, out, _ = run(capsys, "decide", "--offline", "-f", str(chain), "-f", str(task))
+    assert code == console.FAILED
+    assert "would wait" not in out

@@ -12,7 +12,7 @@ provider not drained assumed Healthy (and no spend: a fresh budget window).
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from chainop import console
 from chainop.commands import add_parser, connect
 from chainop.core import budget, routing
+from chainop.core import drains as drain_rules
 from chainop.core.models import DelegatedTaskSpec, ProviderChainSpec, SpendStatus, Strategy
 from chainop.core.rules import ordered_for_strategy
 
@@ -101,8 +102,24 @@ def decision_data(
                 "drain": drain,
             }
         )
+    waits = None
+    if not tried and not failure and chain_spec.drains:
+        # As the operator does (TaskRunner.drain_wait): only timed drains keep it out and
+        # one ends before the task's deadline -> it waits, then decides again.
+        undrained = routing.route(
+            chain_spec.model_copy(update={"drains": []}), task, active_order=order, now=now
+        )
+        parked = drain_rules.wait_for_drain(
+            chain_spec,
+            undrained.providers,
+            now=now,
+            deadline=now + timedelta(seconds=task.timeout_seconds),
+        )
+        if parked is not None:
+            waits = {"provider": parked.provider, "until": parked.until.isoformat()}
     return {
         "chain": chain_name,
+        "waitsForDrain": waits,
         "provider": "" if failure or not tried else tried[0],
         "providers": [] if failure else tried,
         "reason": f"BudgetExceeded: {failure}" if failure else reason,
@@ -135,6 +152,12 @@ def render(data: dict[str, Any]) -> str:
         )
         + f"\nrule {data['rule']}: {data['reason']}\n"
     )
+    if data.get("waitsForDrain"):
+        w = data["waitsForDrain"]
+        head += (
+            f"the task would wait for the drain of {w['provider']} to end at {w['until']} "
+            "(WaitingForProvider), then be decided again\n"
+        )
     if not data["offline"] and not data["reported"]:
         head += "the chain has no status yet (is the operator running?): the spec's order\n"
     ready = data["ready"]
@@ -186,4 +209,4 @@ def run(args: argparse.Namespace) -> int:
     )
     data = decision_data(chain_name, chain_spec, task, chain, chain_doc)
     console.emit(data, args.output, lambda: render(data))
-    return console.OK if data["providers"] else console.FAILED
+    return console.OK if data["providers"] or data["waitsForDrain"] else console.FAILED

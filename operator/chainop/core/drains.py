@@ -250,3 +250,41 @@ def observe_probe(
         consecutive_probe_failures=health.consecutive_probe_failures + 1,
         last_error=error,
     )
+
+
+@dataclass(frozen=True)
+class DrainWait:
+    """A task only drains keep from running: wait for ``provider``'s drain to end."""
+
+    provider: str
+    until: datetime
+
+
+def wait_for_drain(
+    spec: ProviderChainSpec,
+    undrained: Sequence[str],
+    *,
+    now: datetime,
+    deadline: datetime,
+) -> DrainWait | None:
+    """When every provider the task could use (``undrained``: the names of the decision
+    made as if nothing were drained) is drained, the earliest ``until`` among them, if it comes
+    before the task's deadline.
+
+    A timed drain is a temporary absence, like a cooldown: the task waits for it, as a
+    pod waits for a node to be uncordoned, rather than failing the moment it is created.
+    A drain without ``until`` lasts until someone lifts it: nothing to wait for. When a
+    provider the task could use is not drained, drains are not what stops it.
+    """
+    drained = in_effect(spec, now=now)
+    ends: list[tuple[datetime, str]] = []
+    for name in undrained:
+        entry = drained.get(name)
+        if entry is None:
+            return None
+        if entry.until is not None:
+            ends.append((_aware(entry.until), name))
+    if not ends:
+        return None
+    until, name = min(ends)
+    return DrainWait(provider=name, until=until) if until < deadline else None

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from chainop.core import chain as executor
 from chainop.core import conditions, guards, routing
+from chainop.core import drains as drain_rules
 from chainop.core.chain import ChainObserver, ExecutionResult, Resume
 from chainop.core.models import (
     API_VERSION,
@@ -534,6 +535,13 @@ class TaskRunner:
                 decision=decided,
             )
             return
+        if not decision.providers:
+            parked = self.drain_wait(chain, spec, now=now, remaining=remaining)
+            if parked is not None:
+                await self.wait_for_provider(
+                    ref, body, previous, chain, decided, wait=parked, start=start
+                )
+                return
         trail.decision(
             chain.spec, decided, outcome="Routed" if decision.providers else "NoEligibleProvider"
         )
@@ -761,11 +769,42 @@ class TaskRunner:
                 work.cancel()
             metrics.tasks_in_flight.dec()
         if result.wait is not None:
-            await self.wait_for_provider(ref, body, previous, chain, decided, result, start=start)
+            wait = (result.wait.until, result.failure_message)
+            await self.wait_for_provider(
+                ref, body, previous, chain, decided, wait=wait, start=start
+            )
             return
         await self.conclude(ref, previous, chain, decided, result, start=start)
         observer.trail.result(chain.spec, result)
         self.budgets.finished(chain=chain, task=ref.name, uid=ref.uid, result=result)
+
+    def drain_wait(
+        self, chain: ChainRuntime, spec: DelegatedTaskSpec, *, now: float, remaining: float
+    ) -> tuple[float, str] | None:
+        """Nothing may take the task, and drains with an end are why: (when the earliest
+        of them ends, the waiting message), if that is before the task's deadline."""
+        assert chain.spec is not None
+        assert chain.board is not None
+        if not chain.spec.drains:
+            return None
+        at = _time(now)
+        undrained = routing.route(
+            chain.spec.model_copy(update={"drains": []}),
+            spec,
+            active_order=chain.active_order(),
+            latency=chain.board.latency,
+            now=at,
+        )
+        parked = drain_rules.wait_for_drain(
+            chain.spec, undrained.providers, now=at, deadline=_time(now + remaining)
+        )
+        if parked is None:
+            return None
+        ends = parked.until.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return parked.until.timestamp(), (
+            f"every provider this task may use is drained by hand; waiting for the drain "
+            f"of {parked.provider} to end at {ends}"
+        )
 
     async def wait_for_provider(
         self,
@@ -774,26 +813,26 @@ class TaskRunner:
         previous: DelegatedTaskStatus,
         chain: ChainRuntime,
         decided: Decision,
-        result: ExecutionResult,
         *,
+        wait: tuple[float, str],
         start: float,
     ) -> None:
-        """Every eligible provider is benched: park the task until the earliest recovers.
+        """Every eligible provider is benched (or drained until a set time): park the task
+        until the earliest comes back; ``wait`` is (that time in epoch seconds, why).
 
-        The executor only waits when the cooldown ends before the task's deadline. The
-        status says whom it waits for and until when (Progressing=False,
+        The executor, and :meth:`drain_wait`, only wait when that comes before the task's
+        deadline. The status says whom it waits for and until when (Progressing=False,
         WaitingForProvider), written once per distinct wait; a timer runs the task again
         at that time, from status, like any other run (so an operator restart meanwhile
         loses nothing: the next operator decides again).
         """
-        assert result.wait is not None
+        until, message = wait
         now = self.runtime.clock()
-        message = result.failure_message
         # The timer first: a write that fails (API unavailable) must not leave the task
         # parked with nothing to wake it (its deadline timer was cancelled when it ran).
         self._cancel_deadline(ref.uid)
         self.deadline_timers[ref.uid] = asyncio.get_running_loop().call_later(
-            max(result.wait.until - now, 0.0) + 0.05, self._wake, body
+            max(until - now, 0.0) + 0.05, self._wake, body
         )
         existing = conditions.get_condition(previous.conditions, PROGRESSING)
         waiting = previous
@@ -833,7 +872,7 @@ class TaskRunner:
             again = {**body, "status": waiting.model_dump(by_alias=True, mode="json")}
             self._cancel_deadline(ref.uid)
             self.deadline_timers[ref.uid] = asyncio.get_running_loop().call_later(
-                max(result.wait.until - now, 0.0) + 0.05, self._wake, again
+                max(until - now, 0.0) + 0.05, self._wake, again
             )
 
     async def conclude(
