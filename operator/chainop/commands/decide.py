@@ -20,7 +20,6 @@ from pydantic import ValidationError
 from chainop import console
 from chainop.commands import add_parser, connect
 from chainop.core import budget, routing
-from chainop.core import drains as drain_rules
 from chainop.core.models import DelegatedTaskSpec, ProviderChainSpec, SpendStatus, Strategy
 from chainop.core.rules import ordered_for_strategy
 
@@ -103,15 +102,13 @@ def decision_data(
             }
         )
     waits = None
-    if not tried and not failure and chain_spec.drains:
+    if not tried and not failure:
         # As the operator does (TaskRunner.drain_wait): only timed drains keep it out and
         # one ends before the task's deadline -> it waits, then decides again.
-        undrained = routing.route(
-            chain_spec.model_copy(update={"drains": []}), task, active_order=order, now=now
-        )
-        parked = drain_rules.wait_for_drain(
+        parked = routing.drain_wait(
             chain_spec,
-            undrained.providers,
+            task,
+            active_order=order,
             now=now,
             deadline=now + timedelta(seconds=task.timeout_seconds),
         )

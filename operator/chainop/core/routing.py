@@ -206,3 +206,28 @@ def route(
     decision = decide(chain, task, active_order=active_order, now=now)
     decision = apply_strategy(chain, decision)
     return adaptive.adapt(chain, decision, latency or {})
+
+
+def drain_wait(
+    chain: ProviderChainSpec,
+    task: DelegatedTaskSpec,
+    *,
+    active_order: Sequence[str] | None = None,
+    latency: Mapping[str, LatencyStats] | None = None,
+    now: datetime,
+    deadline: datetime,
+) -> drain_rules.DrainWait | None:
+    """When :func:`route` leaves the task nothing: whether only timed drains are why, and
+    which one to wait for (``chainop.core.drains.wait_for_drain``) — judged against the
+    decision the task would get with nothing drained. The operator parks the task on it;
+    ``kubectl chainop decide`` says so. Purely computational."""
+    if not chain.drains:
+        return None
+    undrained = route(
+        chain.model_copy(update={"drains": []}),
+        task,
+        active_order=active_order,
+        latency=latency,
+        now=now,
+    )
+    return drain_rules.wait_for_drain(chain, undrained.providers, now=now, deadline=deadline)

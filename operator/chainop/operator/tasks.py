@@ -25,7 +25,6 @@ from pydantic import ValidationError
 
 from chainop.core import chain as executor
 from chainop.core import conditions, guards, routing
-from chainop.core import drains as drain_rules
 from chainop.core.chain import ChainObserver, ExecutionResult, Resume
 from chainop.core.models import (
     API_VERSION,
@@ -785,18 +784,13 @@ class TaskRunner:
         of them ends, the waiting message), if that is before the task's deadline."""
         assert chain.spec is not None
         assert chain.board is not None
-        if not chain.spec.drains:
-            return None
-        at = _time(now)
-        undrained = routing.route(
-            chain.spec.model_copy(update={"drains": []}),
+        parked = routing.drain_wait(
+            chain.spec,
             spec,
             active_order=chain.active_order(),
             latency=chain.board.latency,
-            now=at,
-        )
-        parked = drain_rules.wait_for_drain(
-            chain.spec, undrained.providers, now=at, deadline=_time(now + remaining)
+            now=_time(now),
+            deadline=_time(now + remaining),
         )
         if parked is None:
             return None
