@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -251,3 +252,32 @@ def operator_metric(port: int, name: str, **labels: str) -> float:
 def outcomes(status: dict[str, Any]) -> list[tuple[str, str]]:
     """(provider, outcome) of each attempt of a task status."""
     return [(a["provider"], a["outcome"]) for a in status.get("attempts") or []]
+
+
+#: Active probes every second, two failures to act: self-healing and drains e2e tests.
+PROBING = {
+    "failureThreshold": 2,
+    "probe": {"intervalSeconds": 1, "timeoutSeconds": 1, "unhealthyThreshold": 2},
+}
+
+
+def backend_command(port: int, *, mode: str = "healthy") -> list[str]:
+    """The fake vLLM a ``supervisor`` runs as the ``vllm`` Deployment's process."""
+    return [
+        sys.executable,
+        "-m",
+        "chainop.testing.fake_backend",
+        "--port",
+        str(port),
+        "--name",
+        "vllm",
+        "--mode",
+        mode,
+    ]
+
+
+def vllm_provider(kit: Kit, port: int) -> dict[str, Any]:
+    """That backend as a Sovereign provider chainop may restart (backend: vllm)."""
+    return kit.provider(
+        "vllm", f"http://127.0.0.1:{port}", "Sovereign", backend={"deployment": "vllm"}
+    )

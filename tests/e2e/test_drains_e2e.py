@@ -19,7 +19,6 @@ supervisor (stand-in kubelet):
 
 from __future__ import annotations
 
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,14 +30,19 @@ from chainop.core.models import GROUP, VERSION
 from chainop.testing import cluster as cluster_helpers
 from chainop.testing.cluster import free_port
 from chainop.testing.fake_backend import FakeBackendControl
-from tests.e2e.kit import CHAINS, TASKS, Kit, condition, operator_metric, ready_condition
+from tests.e2e.kit import (
+    CHAINS,
+    PROBING,
+    TASKS,
+    Kit,
+    backend_command,
+    condition,
+    operator_metric,
+    ready_condition,
+    vllm_provider,
+)
 
 pytestmark = pytest.mark.cluster
-
-PROBING = {
-    "failureThreshold": 2,
-    "probe": {"intervalSeconds": 1, "timeoutSeconds": 1, "unhealthyThreshold": 2},
-}
 
 
 def set_drains(kit: Kit, chain: str, drains: list[dict[str, Any]]) -> None:
@@ -76,27 +80,12 @@ def test_drained_backend_is_skipped_shown_never_restarted_and_undrained(
 ):
     port = free_port()
     kit.create_deployment("vllm")
-    supervisor.bind(
-        kit.namespace,
-        "vllm",
-        [
-            sys.executable,
-            "-m",
-            "chainop.testing.fake_backend",
-            "--port",
-            str(port),
-            "--name",
-            "vllm",
-        ],
-        port,
-    )
+    supervisor.bind(kit.namespace, "vllm", backend_command(port), port)
     cloud = backends("cloud")
     kit.create_chain(
         "default",
         [
-            kit.provider(
-                "vllm", f"http://127.0.0.1:{port}", "Sovereign", backend={"deployment": "vllm"}
-            ),
+            vllm_provider(kit, port),
             kit.provider("cloud", cloud.url),
         ],
         health=PROBING,

@@ -12,41 +12,14 @@ restarts the process, healthy.
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
 from chainop.operator.restarts import RESTARTED_AT
 from chainop.testing.cluster import free_port
 from chainop.testing.fake_backend import FakeBackendControl
-from tests.e2e.kit import CHAINS, Kit
+from tests.e2e.kit import CHAINS, PROBING, Kit, backend_command, vllm_provider
 
 pytestmark = pytest.mark.cluster
-
-PROBING = {
-    "failureThreshold": 2,
-    "probe": {"intervalSeconds": 1, "timeoutSeconds": 1, "unhealthyThreshold": 2},
-}
-
-
-def backend_command(port: int, *, mode: str = "healthy") -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "chainop.testing.fake_backend",
-        "--port",
-        str(port),
-        "--name",
-        "vllm",
-        "--mode",
-        mode,
-    ]
-
-
-def vllm_provider(kit: Kit, port: int) -> dict:
-    return kit.provider(
-        "vllm", f"http://127.0.0.1:{port}", "Sovereign", backend={"deployment": "vllm"}
-    )
 
 
 def order_and_state(kit: Kit, chain: str) -> tuple[list[str], str]:
