@@ -34,7 +34,12 @@ import yaml
 
 from chainop.core.models import GROUP, VERSION
 from chainop.testing import cluster
-from chainop.testing.admission import make_tls, wait_listening, webhook_configuration
+from chainop.testing.admission import (
+    make_tls,
+    serve_args,
+    wait_listening,
+    webhook_configuration,
+)
 from chainop.testing.cluster import ProcessRunner, free_port, kubectl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,8 +179,7 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
         command = [
             *(sys.executable, "-m", "chainop", "run", "-n", namespaces["webhook"]),
             *("--liveness", "", "--log-format", "plain", "--metrics-port", "0"),
-            *("--admission-port", str(port), "--admission-host", "127.0.0.1"),
-            *("--admission-cert", str(crt), "--admission-key", str(key)),
+            *serve_args(port, crt, key),
         ]
         with ProcessRunner(command, log_path=work / "operator.log"):
             wait_listening(port, ca)

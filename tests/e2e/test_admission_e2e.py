@@ -32,7 +32,12 @@ import pytest
 import yaml
 
 from chainop.testing import cluster as cluster_helpers
-from chainop.testing.admission import make_tls, wait_listening, webhook_configuration
+from chainop.testing.admission import (
+    make_tls,
+    serve_args,
+    wait_listening,
+    webhook_configuration,
+)
 from chainop.testing.cluster import kubectl
 from tests.e2e.conftest import Operator
 
@@ -107,8 +112,7 @@ def test_kubectl_apply_is_denied_or_warned_by_the_operator_and_ignored_without_i
     port = cluster_helpers.free_port()
     operator = start_operator(
         *scan,  # the chart's namespaced shape runs without kopf's cluster-wide scans
-        *("--admission-port", str(port), "--admission-host", "127.0.0.1"),
-        *("--admission-cert", str(crt), "--admission-key", str(key)),
+        *serve_args(port, crt, key),
     )
     wait_listening(port, ca)
     install_webhooks(port, ca.read_bytes())
@@ -184,8 +188,7 @@ def test_a_standby_replica_answers_admission_too(
     def replica(priority: int, port: int) -> Operator:
         return start_operator(
             *("--peering", "chainop", "--priority", str(priority)),
-            *("--admission-port", str(port), "--admission-host", "127.0.0.1"),
-            *("--admission-cert", str(crt), "--admission-key", str(key)),
+            *serve_args(port, crt, key),
         )
 
     active = replica(100, cluster_helpers.free_port())
@@ -223,8 +226,7 @@ def test_a_renewed_certificate_is_served_without_a_restart(
     shutil.copy(first_key, key)
     port = cluster_helpers.free_port()
     operator = start_operator(
-        *("--admission-port", str(port), "--admission-host", "127.0.0.1"),
-        *("--admission-cert", str(crt), "--admission-key", str(key)),
+        *serve_args(port, crt, key),
     )
     wait_listening(port, first_ca)
     install_webhooks(port, first_ca.read_bytes())

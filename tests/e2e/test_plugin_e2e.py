@@ -22,6 +22,7 @@ import yaml
 from chainop.core.models import GROUP, VERSION
 from chainop.operator.restarts import HISTORY as RESTART_HISTORY
 from chainop.testing import cluster as cluster_helpers
+from chainop.testing.admission import serve_args
 from tests.e2e.kit import Kit
 from tests.e2e.test_admission_e2e import (  # the webhook set-up of the admission tests
     CORPUS as ADMISSION,
@@ -320,8 +321,7 @@ def test_admission_warnings_and_denials_reach_the_user(
     ca, crt, key = tls
     port = cluster_helpers.free_port()
     start_operator(
-        *("--admission-port", str(port), "--admission-host", "127.0.0.1"),
-        *("--admission-cert", str(crt), "--admission-key", str(key)),
+        *serve_args(port, crt, key),
     )
     wait_listening(port, ca)
     install_webhooks(port, ca.read_bytes())

@@ -19,6 +19,14 @@ def openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
 
 
+def serve_args(port: int, crt: Path, key: Path) -> list[str]:
+    """``chainop run`` flags that serve admission on 127.0.0.1:PORT with this certificate."""
+    return [
+        *("--admission-port", str(port), "--admission-host", "127.0.0.1"),
+        *("--admission-cert", str(crt), "--admission-key", str(key)),
+    ]
+
+
 def make_tls(tmp_path: Path) -> tuple[Path, Path, Path]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     ca_key, ca_crt = tmp_path / "ca.key", tmp_path / "ca.crt"
