@@ -130,19 +130,12 @@ class TaskObserver(ChainObserver):
         chain: ChainRuntime,
         task: TaskRef,
         *,
-        decision: Decision | None = None,
+        trail: audit.TaskTrail,
     ) -> None:
         self.runtime = runtime
         self.chain = chain
         self.task = task
-        self.trail = audit.TaskTrail.of(
-            namespace=chain.namespace,
-            chain=chain.name,
-            task=task.name,
-            uid=task.uid,
-            spec=chain.spec,
-            decision=decision,
-        )
+        self.trail = trail  # the run's, which already wrote its decision line
         self.last_move = ""
 
     def on_attempt(self, provider: ProviderSpec, attempt: Attempt) -> None:
@@ -283,9 +276,9 @@ class ProgressObserver(TaskObserver):
         task: TaskRef,
         progress: list[Attempt],
         *,
-        decision: Decision | None = None,
+        trail: audit.TaskTrail,
     ) -> None:
-        super().__init__(runtime, chain, task, decision=decision)
+        super().__init__(runtime, chain, task, trail=trail)
         self.progress = progress
 
     def on_attempt(self, provider: ProviderSpec, attempt: Attempt) -> None:
@@ -557,7 +550,15 @@ class TaskRunner:
             return
         async with self.slots:
             await self.execute(
-                ref, body, previous, spec, chain, decided, start=start, remaining=remaining
+                ref,
+                body,
+                previous,
+                spec,
+                chain,
+                decided,
+                trail=trail,
+                start=start,
+                remaining=remaining,
             )
 
     def apply_guards(
@@ -677,6 +678,7 @@ class TaskRunner:
         chain: ChainRuntime,
         decided: Decision,
         *,
+        trail: audit.TaskTrail,
         start: float,
         remaining: float,
     ) -> None:
@@ -737,7 +739,7 @@ class TaskRunner:
         elif previous.attempts:
             resume = Resume(attempts=tuple(previous.attempts))
         chain.rotation += 1
-        observer = ProgressObserver(self.runtime, chain, ref, progress, decision=decided)
+        observer = ProgressObserver(self.runtime, chain, ref, progress, trail=trail)
         work = asyncio.ensure_future(
             executor.execute(
                 chain=chain.spec,
