@@ -74,6 +74,11 @@ def test_flapping_backend_shared_by_three_chains_stays_within_budget(
             str(port),
             "--name",
             "vllm",
+            # The model the chains name must be the one served: a listing without it
+            # would exclude the provider as ModelNotServed for the whole test (never
+            # restarted, never restored), and the flapping would go unseen.
+            "--served-model-name",
+            "shared-model",
         ],
         port,
     )
@@ -96,6 +101,17 @@ def test_flapping_backend_shared_by_three_chains_stays_within_budget(
         )
     for name in CHAIN_NAMES:
         kit.chain_ready(name)
+        # Ready=True is written before the first probe result: wait for a probe to have
+        # found the provider Healthy, so every state seen below is the flapping's doing.
+        kit.wait(
+            "providerchains",
+            name,
+            lambda o: any(
+                p.get("name") == "vllm" and p.get("state") == "Healthy" and p.get("lastProbeTime")
+                for p in (o.get("status") or {}).get("providers") or []
+            ),
+            what="vllm probed Healthy",
+        )
 
     stop = threading.Event()
     flips: list[tuple[float, str]] = []
@@ -104,11 +120,14 @@ def test_flapping_backend_shared_by_three_chains_stays_within_budget(
     )
     flapper.start()
     states: dict[str, list[str]] = {name: [] for name in CHAIN_NAMES}
+    reasons_seen: dict[str, set[str]] = {name: set() for name in CHAIN_NAMES}
     started = time.monotonic()
     try:
         while time.monotonic() - started < FLAP_SECONDS:
             for name in CHAIN_NAMES:
-                state = kit.provider_status(name, "vllm").get("state", "")
+                entry = kit.provider_status(name, "vllm")
+                state = entry.get("state", "")
+                reasons_seen[name].add(entry.get("reason", ""))
                 if not states[name] or states[name][-1] != state:
                     states[name].append(state)
             time.sleep(0.2)
@@ -128,6 +147,8 @@ def test_flapping_backend_shared_by_three_chains_stays_within_budget(
         f"exclusions={exclusions} restores={restores} events={dict(reasons)}"
     )
     for name in CHAIN_NAMES:
+        print(f"  {name} reasons: {sorted(r for r in reasons_seen[name] if r)}")
+    for name in CHAIN_NAMES:
         print(f"  {name}: {' → '.join(states[name])}")
 
     assert restarts <= MAX_RESTARTS
@@ -135,6 +156,8 @@ def test_flapping_backend_shared_by_three_chains_stays_within_budget(
     assert reasons["BackendRestarted"] <= MAX_RESTARTS * len(CHAIN_NAMES)
     for name in CHAIN_NAMES:
         assert exclusions[name] >= 1, f"{name} never excluded: the flapping was not seen"
+        assert restores[name] >= 1, f"{name} never restored: the flapping was not seen"
+        assert "ModelNotServed" not in reasons_seen[name], reasons_seen[name]
         assert restores[name] <= FLAP_SECONDS / RECOVERY_INITIAL + 1, states[name]
     budget_notices = [e for e in kit.events() if e["reason"] == "RestartBudgetExhausted"]
     assert all((e.get("count") or 1) <= 1 + FLAP_SECONDS // 300 for e in budget_notices)
