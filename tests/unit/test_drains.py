@@ -11,19 +11,23 @@
   summary ``1/2 (1 drained)``, the Ready message, the ``DrainsValid`` condition; back to
   its health state when the drain ends;
 * Events: ``Drained``/``Undrained`` (by hand, Expired), once per transition, also when the
-  previous side comes from a resumed status (operator restart);
+  previous side comes from a resumed status (operator restart), and only once the status
+  showing the transition is written (a refused write announces nothing);
 * probes of a drained provider record health without making it Unhealthy.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from chainop.core import drains, healing, routing, status
+from chainop.core.board import HealthBoard
 from chainop.core.health import ProviderHealth
 from chainop.core.models import (
     ProviderChainSpec,
@@ -32,9 +36,11 @@ from chainop.core.models import (
     ProviderState,
     RecoverySpec,
 )
-from chainop.kube.client import ObjectRef
+from chainop.kube.client import KubeError, ObjectRef
 from chainop.metrics import Metrics
 from chainop.operator import drains as drain_ops
+from chainop.operator.config import OperatorConfig
+from chainop.operator.runtime import ChainRuntime, Runtime
 from tests.unit.support import T0, Clock, chain, provider, task
 
 NOW = datetime.fromtimestamp(T0, tz=UTC)
@@ -338,6 +344,52 @@ def test_an_unknown_provider_drain_warns_once():
             metrics=metrics,
         )
     assert posted == ["Warning/DrainIgnored"]
+
+
+class RefusingOnceKube:
+    """Refuses the first status write (as an API server under load may), then accepts."""
+
+    def __init__(self) -> None:
+        self.writes: list[dict[str, Any]] = []
+        self.refused = 0
+
+    async def patch_status(self, resource: Any, namespace: str, name: str, body: Any) -> None:
+        if not self.refused:
+            self.refused += 1
+            raise KubeError(503, "ServiceUnavailable", "etcd leader changed")
+        self.writes.append(body)
+
+
+def test_a_refused_status_write_announces_nothing_and_the_written_one_announces_once():
+    clock = Clock()
+    kube = RefusingOnceKube()
+    metrics = Metrics(CollectorRegistry())
+    config = OperatorConfig(revalidate_seconds=1e9, status_refresh_seconds=600.0)
+    runtime = Runtime(config=config, kube=kube, clients=None, metrics=metrics, clock=clock)  # type: ignore[arg-type]
+    posted: list[str] = []
+    runtime.event = lambda ref, *, type, reason, message, dedupe=True: posted.append(reason)  # type: ignore[method-assign]
+    spec = drained_chain({"provider": "openai", "by": "alice", "reason": "incident 7"})
+    runtime.chains[("ns", "c")] = ChainRuntime(
+        namespace="ns", name="c", uid="uid-c", generation=1, spec=spec,
+        board=HealthBoard(spec), invalid=None, validated_at=clock(),
+    )  # fmt: skip
+
+    asyncio.run(runtime.flush(now=clock()))
+    assert kube.refused == 1
+    assert kube.writes == []
+    assert posted == [], "announced a drain no status shows"
+    transitions = {"namespace": "ns", "chain": "c", "provider": "openai", "transition": "Drained"}
+    assert metrics.registry.get_sample_value("chainop_drain_transitions_total", transitions) is None
+
+    clock.advance(1)
+    asyncio.run(runtime.flush(now=clock()))
+    clock.advance(1)
+    asyncio.run(runtime.flush(now=clock()))
+    assert len(kube.writes) == 1
+    openai = next(p for p in kube.writes[0]["providers"] if p["name"] == "openai")
+    assert openai["state"] == "Drained"
+    assert posted == ["Drained"]
+    assert metrics.registry.get_sample_value("chainop_drain_transitions_total", transitions) == 1.0
 
 
 # --------------------------------------------------------------------------- probes

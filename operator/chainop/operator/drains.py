@@ -6,11 +6,12 @@ The meaning of a drain is the core's (``chainop.core.drains``): derived from the
 * :func:`drained` — whether a provider is drained at ``now`` (its probes then only
   observe, ``chainop.core.drains.observe_probe``, and self-healing neither excludes nor
   restarts it);
-* :func:`announce` — each time a chain's status is built, compare the drains it shows
+* :func:`announce` — each time a chain's status is written, compare the drains it shows
   with those its last written (or, after an operator restart, resumed) status showed,
   and post ``Drained`` / ``Undrained`` Events and count them. Because the comparison is
-  against status, each transition is announced once, also across restarts: a drain that
-  expired while the operator was stopped is announced as Expired when it comes back;
+  against status, and made only after the write succeeded, each transition is announced
+  once, also across restarts and refused writes: a drain that expired while the operator
+  was stopped is announced as Expired when it comes back;
 * a ``DrainIgnored`` Warning when ``spec.drains`` names a provider the chain lacks (the
   ``DrainsValid`` condition says the same, lastingly).
 """

@@ -1128,19 +1128,6 @@ class Runtime:
             if not runtime.needs_build(now=now, refresh=self.config.status_refresh_seconds):
                 continue
             built = runtime.build_status(now=now)
-            if runtime.spec is not None:  # an unparsable spec shows no providers at all
-                runtime.drains_shown = drain_ops.announce(
-                    ref=runtime.ref,
-                    namespace=runtime.namespace,
-                    chain=runtime.name,
-                    shown=runtime.drains_shown,
-                    previous_conditions=runtime.conditions,
-                    built=built,
-                    now=now,
-                    post=self.event,
-                    metrics=self.metrics,
-                    spec=runtime.spec,
-                )
             # status.spend is the budget keeper's (chainop.operator.spend): left out, so
             # this merge patch never undoes a charge.
             wire = built.model_dump(
@@ -1162,7 +1149,7 @@ class Runtime:
                         provider=p.name,
                         state=p.state,
                     )
-            writes.append(self._write_chain(runtime, wire, built.conditions, now))
+            writes.append(self._write_chain(runtime, wire, built, now))
         if writes:
             await asyncio.gather(*writes)
 
@@ -1170,9 +1157,15 @@ class Runtime:
         self,
         runtime: ChainRuntime,
         wire: dict[str, Any],
-        conditions: list[Condition],
+        built: ProviderChainStatus,
         now: float,
     ) -> None:
+        """Write one chain's status; only once it is written, announce its drain changes.
+
+        Drain Events, metrics and audit lines compare what the written status shows with
+        what the last written (or resumed) one showed: announced before the write, a
+        refused write followed by a restart would announce the same transition twice.
+        """
         try:
             await self.kube.patch_status(CHAINS, runtime.namespace, runtime.name, wire)
         except KubeError as error:
@@ -1185,9 +1178,22 @@ class Runtime:
                 runtime.built_fingerprint = None  # try again next tick
             return
         self.metrics.status_writes.labels("ProviderChain").inc()
+        if runtime.spec is not None:  # an unparsable spec shows no providers at all
+            runtime.drains_shown = drain_ops.announce(
+                ref=runtime.ref,
+                namespace=runtime.namespace,
+                chain=runtime.name,
+                shown=runtime.drains_shown,
+                previous_conditions=runtime.conditions,
+                built=built,
+                now=now,
+                post=self.event,
+                metrics=self.metrics,
+                spec=runtime.spec,
+            )
         runtime.written = wire
         runtime.written_at = now
-        runtime.conditions = conditions
+        runtime.conditions = list(built.conditions)
 
     def health_snapshot(self, namespace: str, chain: str) -> list[ProviderHealth]:
         """Health of a chain's providers (for tests and debugging)."""
