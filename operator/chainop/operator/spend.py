@@ -109,6 +109,31 @@ class BudgetKeeper:
             return  # a status we cannot read is no reading; our next write replaces it
         self.known[key] = budget.newer(self.known.get(key), seen)
 
+    async def refresh(self, chain: ChainRuntime) -> None:
+        """Read a chain's spend from the API server before gating a new task on it, while
+        this replica's picture of the chain may be stale.
+
+        A replica taking over (``chain.resync``) may still hold the spend it saw in its
+        last term as leader; kopf re-lists the chains on resume, but a task's event may be
+        handled before its chain's. Gated on the old, lower spend, a task could reach a paid
+        provider after the budget is spent. One read per new task, only in that window and
+        only for budgeted chains; a refused read leaves the last known spend (and is logged).
+        """
+        if chain.spec is None or chain.spec.budget is None or not chain.resync:
+            return
+        try:
+            obj = await self.runtime.kube.read_chain(chain.namespace, chain.name)
+        except KubeError as error:
+            log.warning(
+                "spend of chain %s/%s not re-read after a takeover: %s",
+                chain.namespace,
+                chain.name,
+                error,
+            )
+            return
+        if obj is not None:
+            self.observe_chain(obj, deleted=False)
+
     def gate(self, chain: ChainRuntime, decision: RoutingDecision, *, running: bool) -> budget.Gate:
         """The budget's say on a task's routing; a task already running is let through."""
         if running or chain.spec is None or chain.spec.budget is None:

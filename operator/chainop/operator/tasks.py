@@ -502,6 +502,8 @@ class TaskRunner:
             now=_time(self.runtime.clock()),
         )
         started = previous.phase is TaskPhase.RUNNING or bool(previous.attempts)
+        if not started:
+            await self.budgets.refresh(chain)
         gated = self.budgets.gate(chain, decision, running=started)
         decision = gated.decision
         decided = Decision(
