@@ -215,6 +215,30 @@ class Cluster:
 
         return k8s.AppsV1Api(self.api_client)
 
+    def identity(self) -> str:
+        """Who the API server authenticated us as (a SelfSubjectReview, GA since 1.28).
+
+        A drain records it as ``by``: the kubeconfig's user entry is only a local label
+        (``admin``, ``default``), the same on many laptops. When the server cannot say
+        (older than 1.28, or the review refused) the entry's name is the best there is.
+        """
+        from kubernetes import client as k8s
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
+        body = k8s.V1SelfSubjectReview(
+            api_version="authentication.k8s.io/v1", kind="SelfSubjectReview"
+        )
+        try:
+            review = k8s.AuthenticationV1Api(self.api_client).create_self_subject_review(
+                body, _request_timeout=REQUEST_TIMEOUT
+            )
+        except (ApiException, OSError, Urllib3Error):
+            return self.user
+        info = review.status.user_info if review.status is not None else None
+        name = info.username if info is not None else None
+        return str(name) if name else self.user
+
     def call(self, what: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run one API call; ``what`` names the object for the error message."""
         from kubernetes.client.exceptions import ApiException

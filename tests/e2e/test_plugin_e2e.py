@@ -161,7 +161,9 @@ def test_every_command_against_the_operator(kit: Kit, operator, backends, kubeco
     (entry,) = kit.get("providerchains", "default")["spec"]["drains"]
     assert entry["provider"] == "cloud"
     assert entry["reason"] == "incident 42"
-    assert entry["by"]
+    # `by` is who the API server authenticated (the admin certificate's CN), not the
+    # kubeconfig's user entry name (see test_a_drain_records_the_authenticated_user).
+    assert entry["by"] == "chainop-admin"
     assert entry["since"] < entry["until"]
     shown = json.loads(run("status", "-o", "json").stdout)["chains"][0]["providers"][1]
     assert shown["drain"]["reason"] == "incident 42"
@@ -310,6 +312,28 @@ def test_concurrent_drains_lose_nothing_and_restarts_left_count_the_hour(
 
 
 @pytest.mark.timeout(240)
+def test_a_drain_records_the_authenticated_user_not_the_kubeconfig_entry(
+    kit: Kit, kubeconfig, tmp_path
+):
+    # The same credentials under another local name, as kubeconfigs name users
+    # ("admin", "default") on many laptops: `by` must say who the API server saw.
+    config = yaml.safe_load(Path(kubeconfig).read_text())
+    for user in config["users"]:
+        user["name"] = "laptop-profile"
+    for context in config["contexts"]:
+        context["context"]["user"] = "laptop-profile"
+    renamed = tmp_path / "kubeconfig"
+    renamed.write_text(yaml.safe_dump(config))
+    kit.create_chain(
+        "default",
+        [kit.provider(n, "http://127.0.0.1:9", "Standard") for n in ("a", "b")],
+    )
+    result = plugin(renamed, kit.namespace, "drain", "default", "a", "--reason", "who")
+    assert result.returncode == 0, result.stderr
+    (entry,) = kit.get("providerchains", "default")["spec"]["drains"]
+    assert entry["by"] == "chainop-admin"  # the admin certificate's CN (hack/cluster-up.sh)
+
+
 def test_admission_warnings_and_denials_reach_the_user(
     kit: Kit,
     start_operator,

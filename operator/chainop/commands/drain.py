@@ -145,7 +145,7 @@ def run_drain(args: argparse.Namespace) -> int:
     entry: dict[str, Any] = {
         "provider": args.provider,
         "reason": args.reason,
-        "by": cluster.user[:128],
+        "by": cluster.identity()[:128],
         "since": console.rfc3339(now),
     }
     if args.duration is not None:
