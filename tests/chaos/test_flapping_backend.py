@@ -5,6 +5,9 @@ One in-cluster backend (a fake-backend process bound by the supervisor to the De
 ``CHAINOP_FLAP_SECONDS`` environment variable shortens it) it is up 5 s, down 5 s (HTTP
 503 on every route), while the test samples each chain's status and reads the Events.
 
+* the flapping is really seen: the provider is probed Healthy first (the backend serves
+  the chains' model), then excluded, restored and restarted at least once each, never
+  for ModelNotServed;
 * backend restarts stay within ``maxRestartsPerHour`` — for the Deployment as a whole,
   whatever the number of chains (the ledger lives on the Deployment);
 * no restart storm: never two restarts in flight, and the budget-exhausted notice is not
@@ -29,7 +32,7 @@ import pytest
 from chainop.operator.restarts import HISTORY
 from chainop.testing.cluster import free_port
 from chainop.testing.fake_backend import FakeBackendControl
-from tests.e2e.kit import Kit
+from tests.e2e.kit import Kit, operator_metric
 
 pytestmark = pytest.mark.cluster
 
@@ -101,17 +104,17 @@ def test_flapping_backend_shared_by_three_chains_stays_within_budget(
         )
     for name in CHAIN_NAMES:
         kit.chain_ready(name)
-        # Ready=True is written before the first probe result: wait for a probe to have
-        # found the provider Healthy, so every state seen below is the flapping's doing.
-        kit.wait(
-            "providerchains",
-            name,
-            lambda o: any(
-                p.get("name") == "vllm" and p.get("state") == "Healthy" and p.get("lastProbeTime")
-                for p in (o.get("status") or {}).get("providers") or []
-            ),
-            what="vllm probed Healthy",
-        )
+    # Ready=True is written before the first probe result (and a probe that finds nothing
+    # new writes no status): wait for a passing List probe — one per endpoint+model, shared
+    # by the three chains — so every state seen below is the flapping's doing.
+    metrics_port = operator.metrics_port
+    kit.wait_until(
+        lambda: operator_metric(metrics_port, "chainop_probes_total", kind="List", result="ok")
+        >= 1,
+        what="a passing List probe of vllm",
+    )
+    for name in CHAIN_NAMES:
+        assert kit.provider_status(name, "vllm").get("state") == "Healthy"
 
     stop = threading.Event()
     flips: list[tuple[float, str]] = []
@@ -151,6 +154,7 @@ def test_flapping_backend_shared_by_three_chains_stays_within_budget(
     for name in CHAIN_NAMES:
         print(f"  {name}: {' → '.join(states[name])}")
 
+    assert restarts >= 1, "never restarted: the self-healing path was not exercised"
     assert restarts <= MAX_RESTARTS
     assert len(history) <= MAX_RESTARTS
     assert reasons["BackendRestarted"] <= MAX_RESTARTS * len(CHAIN_NAMES)
@@ -159,6 +163,8 @@ def test_flapping_backend_shared_by_three_chains_stays_within_budget(
         assert restores[name] >= 1, f"{name} never restored: the flapping was not seen"
         assert "ModelNotServed" not in reasons_seen[name], reasons_seen[name]
         assert restores[name] <= FLAP_SECONDS / RECOVERY_INITIAL + 1, states[name]
+    not_served = operator_metric(metrics_port, "chainop_probes_total", result="model_not_served")
+    assert not_served == 0
     budget_notices = [e for e in kit.events() if e["reason"] == "RestartBudgetExhausted"]
     assert all((e.get("count") or 1) <= 1 + FLAP_SECONDS // 300 for e in budget_notices)
     assert operator.runner.running
