@@ -109,8 +109,9 @@ def test_flapping_backend_shared_by_three_chains_stays_within_budget(
     # by the three chains — so every state seen below is the flapping's doing.
     metrics_port = operator.metrics_port
     kit.wait_until(
-        lambda: operator_metric(metrics_port, "chainop_probes_total", kind="List", result="ok")
-        >= 1,
+        lambda: (
+            operator_metric(metrics_port, "chainop_probes_total", kind="List", result="ok") >= 1
+        ),
         what="a passing List probe of vllm",
     )
     for name in CHAIN_NAMES:
