@@ -4,7 +4,8 @@
 job queued for a while so kills land while jobs are in flight) — are created in batches
 while the operator is killed with SIGKILL at random moments 5 times and started again.
 
-* every task ends Succeeded, or Failed with a CamelCase reason and a message: none stuck;
+* every task ends Succeeded with its own answer — none stuck, none failed: the backends
+  are healthy and the deadlines far off, so a failure could only be the kills' doing;
 * the jobs backend created exactly one job per jobs task (``job_submissions`` all 1), with
   one idempotency key per task: the job id is persisted before waiting and polling
   resumes after each restart. A kill between the service's answer and that status write
@@ -111,6 +112,14 @@ def test_two_hundred_tasks_survive_five_sigkills(kit: Kit, chaos_operator, backe
         if (objs.get(n, {}).get("status") or {}).get("phase") not in FINAL
     }
     assert not stuck, f"{len(stuck)} tasks not finished: {sorted(stuck.items())[:10]}"
+    # Every backend is healthy and every deadline far off: a failed task is the kills'
+    # doing (an execution lost with its process, or a resumed one misread).
+    failed = {
+        n: (objs[n]["status"].get("conditions") or [])[-1:]
+        for n in names
+        if objs[n]["status"]["phase"] == "Failed"
+    }
+    assert not failed, f"{len(failed)} tasks failed: {sorted(failed.items())[:5]}"
 
     outcome: Counter[str] = Counter()
     retries = 0
@@ -119,14 +128,8 @@ def test_two_hundred_tasks_survive_five_sigkills(kit: Kit, chaos_operator, backe
         outcome[status["phase"]] += 1
         calls = [a for a in status.get("attempts") or [] if a["outcome"] != "Skipped"]
         retries += max(0, len(calls) - 1)
-        if status["phase"] == "Succeeded":
-            assert status["result"]["text"].endswith(name), (name, status["result"])
-            assert status.get("pendingJob") is None
-        else:
-            succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
-            assert succeeded["status"] == "False", (name, status)
-            assert succeeded["reason"], (name, status)
-            assert succeeded["message"], (name, status)
+        assert status["result"]["text"].endswith(name), (name, status["result"])
+        assert status.get("pendingJob") is None
 
     jobs_tasks = sum(1 for n in names if chain_of[n] == "jobs")
     stats = jobs.stats()

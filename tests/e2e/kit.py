@@ -190,6 +190,21 @@ class Kit:
         status: dict[str, Any] = obj["status"]
         return status
 
+    def holds(self, check: Callable[[], bool], *, seconds: float = 2.0, what: str) -> None:
+        """Assert ``check()`` stays true for ``seconds`` (polled).
+
+        For "nothing happened" claims (no penalty, no second drill): a chain's status is
+        written by the operator's loop, apart from the task's, so one read right after a
+        task ends may still show the state from before it. A penalty is written within a
+        tick; two seconds of polling would see it.
+        """
+        deadline = time.monotonic() + seconds
+        while True:
+            assert check(), f"{what}: no longer true"
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.1)
+
     def wait_until(
         self, check: Callable[[], bool], *, timeout: float = 30.0, what: str = "condition"
     ) -> None:

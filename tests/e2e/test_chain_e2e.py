@@ -213,7 +213,10 @@ def test_metrics_endpoint_exports_the_documented_families(kit: Kit, operator, ba
     a.set_mode("error", status=500)
     kit.create_chain(
         "default",
-        [kit.provider("local-a", a.url, "Sovereign"), kit.provider("cloud-b", b.url)],
+        [
+            kit.provider("local-a", a.url, "Sovereign", model="a-model"),
+            kit.provider("cloud-b", b.url, model="b-model"),
+        ],
         health={"transientRetries": 0, "failureThreshold": 1},
         taskDefaults={"allowDelegation": True},
     )

@@ -148,12 +148,10 @@ def test_unknown_model_and_capability_mismatch_advance_without_penalty(
     assert "vision" in status["attempts"][1]["error"]
     assert small.stats()["requests"].get("openai", 0) == 0  # never called
     # No penalty: both stay Healthy with no failures counted.
-    kit.wait(
-        CHAINS,
-        "default",
-        lambda o: all(
+    kit.holds(
+        lambda: all(
             p["state"] == "Healthy" and p["consecutiveFailures"] == 0
-            for p in o["status"]["providers"]
+            for p in kit.get(CHAINS, "default")["status"]["providers"]
         ),
         what="every provider Healthy",
     )
