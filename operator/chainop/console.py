@@ -233,8 +233,11 @@ class Cluster:
             review = k8s.AuthenticationV1Api(self.api_client).create_self_subject_review(
                 body, _request_timeout=REQUEST_TIMEOUT
             )
-        except (ApiException, OSError, Urllib3Error):
-            return self.user
+        except ApiException:
+            return self.user  # the server cannot say (older than 1.28) or refused to
+        except (OSError, Urllib3Error) as error:
+            host = self.api_client.configuration.host
+            fail(UNREACHABLE, f"cannot reach the cluster at {host}: {type(error).__name__}")
         info = review.status.user_info if review.status is not None else None
         name = info.username if info is not None else None
         return str(name) if name else self.user

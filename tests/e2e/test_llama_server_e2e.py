@@ -138,12 +138,14 @@ def test_real_server_answers_and_its_context_overflow_advances_without_penalty(
     assert moved["phase"] == "Succeeded", moved.get("conditions")
     assert outcomes(moved) == [("llama", "Unsupported"), ("cloud", "Succeeded")]
     assert "context" in moved["attempts"][0]["error"]
+    # No penalty for the overflow: llama stays Healthy, and its last error (if a slow
+    # Generate probe on two busy cores left one) is never the context's.
     kit.holds(
         lambda: (
             llama_state(kit)["state"] == "Healthy"
-            and llama_state(kit).get("consecutiveFailures", 0) == 0
+            and "context" not in llama_state(kit).get("lastError", "")
         ),
-        what="llama Healthy, not penalised",
+        what="llama Healthy, not penalised for the overflow",
     )
     assert kit.get(CHAINS, "default")["status"]["activeOrder"] == ["llama", "cloud"]
 

@@ -311,7 +311,6 @@ def test_concurrent_drains_lose_nothing_and_restarts_left_count_the_hour(
     assert left == {"a": None, "b": None, "c": None, "d": 2}
 
 
-@pytest.mark.timeout(240)
 def test_a_drain_records_the_authenticated_user_not_the_kubeconfig_entry(
     kit: Kit, kubeconfig, tmp_path
 ):
@@ -334,6 +333,7 @@ def test_a_drain_records_the_authenticated_user_not_the_kubeconfig_entry(
     assert entry["by"] == "chainop-admin"  # the admin certificate's CN (hack/cluster-up.sh)
 
 
+@pytest.mark.timeout(240)
 def test_admission_warnings_and_denials_reach_the_user(
     kit: Kit,
     start_operator,
