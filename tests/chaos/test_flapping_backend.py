@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import threading
 import time
 from collections import Counter
@@ -32,7 +31,7 @@ import pytest
 from chainop.operator.restarts import HISTORY
 from chainop.testing.cluster import free_port
 from chainop.testing.fake_backend import FakeBackendControl
-from tests.e2e.kit import Kit, operator_metric
+from tests.e2e.kit import Kit, backend_command, operator_metric, vllm_provider
 
 pytestmark = pytest.mark.cluster
 
@@ -66,28 +65,11 @@ def test_flapping_backend_shared_by_three_chains_stays_within_budget(
 ) -> None:
     port = free_port()
     kit.create_deployment("vllm")
-    supervisor.bind(
-        kit.namespace,
-        "vllm",
-        [
-            sys.executable,
-            "-m",
-            "chainop.testing.fake_backend",
-            "--port",
-            str(port),
-            "--name",
-            "vllm",
-            # The model the chains name must be the one served: a listing without it
-            # would exclude the provider as ModelNotServed for the whole test (never
-            # restarted, never restored), and the flapping would go unseen.
-            "--served-model-name",
-            "shared-model",
-        ],
-        port,
-    )
-    provider = kit.provider("vllm", f"http://127.0.0.1:{port}", "Sovereign")
-    provider["model"] = "shared-model"
-    provider["backend"] = {"deployment": "vllm"}
+    # The self-healing tests' set-up: the chains name the model the backend serves (a
+    # model it did not list would keep the provider Excluded as ModelNotServed all along,
+    # never restarted or restored, and the flapping would go unseen).
+    supervisor.bind(kit.namespace, "vllm", backend_command(port), port)
+    provider = vllm_provider(kit, port)
     for name in CHAIN_NAMES:
         kit.create_chain(
             name,
