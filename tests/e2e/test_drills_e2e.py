@@ -71,17 +71,23 @@ def _completions(backend: Any) -> int:
     return int(backend.stats()["requests"].get("openai", 0))
 
 
-def test_drill_passes_on_a_healthy_chain(kit: Kit, operator, backends):
-    primary, secondary = backends("primary"), backends("secondary")
+def _drilled_chain(kit: Kit, name: str, primary: str, secondary: str, **health: Any) -> None:
+    """``primary`` then ``secondary`` (both Sovereign, so free to drill), drilled hourly,
+    probes passive: the drill's call is the only traffic the fallback sees."""
     kit.create_chain(
-        "healthy",
+        name,
         [
-            kit.provider("primary", primary.url, "Sovereign"),
-            kit.provider("secondary", secondary.url, "Sovereign"),
+            kit.provider("primary", primary, "Sovereign"),
+            kit.provider("secondary", secondary, "Sovereign"),
         ],
-        health=PASSIVE,
+        health={**PASSIVE, **health},
         drills={"intervalMinutes": 60},
     )
+
+
+def test_drill_passes_on_a_healthy_chain(kit: Kit, operator, backends):
+    primary, secondary = backends("primary"), backends("secondary")
+    _drilled_chain(kit, "healthy", primary.url, secondary.url)
     drill = _last_drill(kit, "healthy")
     assert drill["passed"] is True, drill
     assert drill["forced"] == "primary"
@@ -119,15 +125,7 @@ def test_drill_fails_with_an_event_when_the_fallback_is_broken(
         url, expected = secondary.url, "HTTP 500"
     else:
         url, expected = f"http://127.0.0.1:{free_port()}", "fallback secondary failed"
-    kit.create_chain(
-        "broken",
-        [
-            kit.provider("primary", primary.url, "Sovereign"),
-            kit.provider("secondary", url, "Sovereign"),
-        ],
-        health=PASSIVE,
-        drills={"intervalMinutes": 60},
-    )
+    _drilled_chain(kit, "broken", primary.url, url)
     drill = _last_drill(kit, "broken")
     assert drill["passed"] is False, drill
     assert drill["path"] == ["secondary"]
@@ -194,15 +192,7 @@ def test_allow_paid_false_skips_a_paid_provider(kit: Kit, operator, backends):
 def test_restart_resumes_last_drill_and_does_not_drill_again(kit: Kit, start_operator, backends):
     primary, secondary = backends("primary"), backends("secondary")
     first = start_operator()
-    kit.create_chain(
-        "steady",
-        [
-            kit.provider("primary", primary.url, "Sovereign"),
-            kit.provider("secondary", secondary.url, "Sovereign"),
-        ],
-        health=PASSIVE,
-        drills={"intervalMinutes": 60},
-    )
+    _drilled_chain(kit, "steady", primary.url, secondary.url)
     drill = _last_drill(kit, "steady")
     assert drill["passed"] is True
     first.kill()
@@ -285,14 +275,12 @@ def test_fixed_fallback_passes_the_next_due_drill_with_drill_recovered(
     primary, secondary = backends("primary"), backends("secondary")
     secondary.set_mode("error", status=500)
     first = start_operator()
-    kit.create_chain(
+    _drilled_chain(
+        kit,
         "healing",
-        [
-            kit.provider("primary", primary.url, "Sovereign"),
-            kit.provider("secondary", secondary.url, "Sovereign"),
-        ],
-        health={**PASSIVE, "cooldown": {"initialSeconds": 1, "maxSeconds": 1}},
-        drills={"intervalMinutes": 60},
+        primary.url,
+        secondary.url,
+        cooldown={"initialSeconds": 1, "maxSeconds": 1},
     )
     failed = _last_drill(kit, "healing")
     assert failed["passed"] is False
