@@ -349,6 +349,17 @@ class Demo:
     def on_cleanup(self, what: str, action: Callable[[], object]) -> None:
         self.cleanups.append((what, action))
 
+    def run_script(self, name: str, *, timeout: float, limit: str) -> None:
+        """Run ``hack/NAME`` in the foreground, its progress on the user's terminal (a first
+        run builds binaries for minutes); a DemoError when it fails or outlasts ``limit``."""
+        script = self.root / "hack" / name
+        try:
+            code = subprocess.run([str(script)], check=False, timeout=timeout).returncode
+        except subprocess.TimeoutExpired as error:
+            raise DemoError(f"{script} did not finish within {limit}") from error
+        if code != 0:
+            raise DemoError(f"{script} failed ({code}); see its output above")
+
     def cleanup(self) -> None:
         """Undo every step that was done, newest first; Ctrl-C cannot interrupt it."""
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)

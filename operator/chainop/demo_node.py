@@ -141,15 +141,9 @@ def use_node(demo: Demo) -> bool:
         return True
     if demo.options.node is None:
         return False
-    script = demo.root / "hack" / "node-up.sh"
     demo.note("NODE=1 and no live node: starting one with hack/node-up.sh (root; the first")
     demo.note("time it builds kubelet and kube-scheduler: minutes)")
-    try:
-        code = subprocess.run([str(script)], check=False, timeout=3600).returncode
-    except subprocess.TimeoutExpired as error:
-        raise DemoError(f"{script} did not finish within an hour") from error
-    if code != 0:
-        raise DemoError(f"{script} failed ({code}); see its output above")
+    demo.run_script("node-up.sh", timeout=3600, limit="an hour")
     if not demo.options.keep_cluster:
         down = demo.root / "hack" / "node-down.sh"
         demo.on_cleanup(

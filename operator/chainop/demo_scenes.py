@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import subprocess
 import sys
 from typing import TYPE_CHECKING
 
@@ -55,13 +54,7 @@ def control_plane(demo: Demo) -> None:
             demo.on_cleanup(
                 "stopping the control plane (this demo started it)", cluster.stop_cluster
             )
-        script = demo.root / "hack" / "cluster-up.sh"
-        try:
-            code = subprocess.run([str(script)], check=False, timeout=1800).returncode
-        except subprocess.TimeoutExpired as error:
-            raise DemoError(f"{script} did not finish within 30 minutes") from error
-        if code != 0:
-            raise DemoError(f"{script} failed ({code}); see its output above")
+        demo.run_script("cluster-up.sh", timeout=1800, limit="30 minutes")
     try:
         kubeconfig = cluster.ensure_cluster(timeout=120)
     except ClusterError as error:
