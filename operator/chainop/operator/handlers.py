@@ -59,6 +59,17 @@ def tune_gc(thresholds: tuple[int, int, int]) -> None:
     gc.set_threshold(*thresholds)
 
 
+#: kopf's retries of a failed API call, watches included (seconds; 29.5 in all). A watch
+#: whose retries end on a connection error reconnects; one whose last retry gets an HTTP
+#: error escalates, and the whole process stops. A restarting kube-apiserver answers 503
+#: "before all known HTTP paths have been installed" for a second or two: with the 11.5 s
+#: these once summed to, a 10 s outage put the last retry right there (it happened in CI:
+#: the operator exited in the middle of a batch). 29.5 s puts it past any restart an
+#: outage of up to ~25 s ends in. Not unbounded: a peered replica cut off from the API
+#: server still gives up its place within half a minute (docs/reliability.md).
+API_ERROR_BACKOFFS: tuple[float, ...] = (0.5, 1, 2, 3, 5, 5, 5, 8)
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Build the Runtime from the config the CLI put in ``memo`` and start its loop."""
@@ -70,7 +81,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    settings.networking.error_backoffs = [0.5, 1, 2, 3, 5]
+    settings.networking.error_backoffs = API_ERROR_BACKOFFS
     if not config.cluster_scan:
         settings.scanning.disabled = True
     if config.peering:
