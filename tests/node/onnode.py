@@ -248,23 +248,23 @@ def backend_deployment(
     volumes: Sequence[Mapping[str, Any]] = (),
     mounts: Sequence[Mapping[str, Any]] = (),
     grace_seconds: int = 2,
+    init_command: Sequence[str] = (),
 ) -> dict[str, Any]:
     """A backend Deployment on the node. ``hostNetwork`` + ``Recreate`` (a fixed address
     across restarts: the old pod frees the port before the new one binds it). Its pods see
-    chainop's restart annotation as ``$CHAINOP_RESTARTED_AT`` (empty before any restart)."""
+    chainop's restart annotation as ``$CHAINOP_RESTARTED_AT`` (empty before any restart),
+    in ``init_command``'s init container too when there is one."""
     labels = {"app": name}
+    restarted = {
+        "name": RESTARTED_ENV,
+        "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{RESTARTED_AT}']"}},
+    }
     container: dict[str, Any] = {
         "name": "server",
         "image": image,
         "imagePullPolicy": "Never",
         "command": list(command),
-        "env": [
-            {
-                "name": RESTARTED_ENV,
-                "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{RESTARTED_AT}']"}},
-            },
-            *env,
-        ],
+        "env": [restarted, *env],
         "ports": [{"containerPort": port, "name": "http"}],
         "volumeMounts": list(mounts),
     }
@@ -274,6 +274,16 @@ def backend_deployment(
         "containers": [container],
         "volumes": list(volumes),
     }
+    if init_command:
+        spec["initContainers"] = [
+            {
+                "name": "prepare",
+                "image": image,
+                "imagePullPolicy": "Never",
+                "command": list(init_command),
+                "env": [restarted],
+            }
+        ]
     if host_network:
         spec["hostNetwork"] = True
         spec["dnsPolicy"] = "Default"

@@ -15,6 +15,8 @@ The chains' terminus ("cloud") is a fake backend pod reached by its pod IP.
   figure: seconds from the fault to restored;
 * a real ``llama-server`` with SmolLM2-135M (the cached build, mounted from the host) frozen
   with SIGSTOP from the host: the same, and the restored provider answers a real completion;
+* a restarted pod that spends 20 s in an init container (4 restart graces): restarted once,
+  then waited for, and restored when it runs;
 * a backend whose restarted pod crash-loops: chainop restarts it once, then says
   ``CrashLoopBackOff`` in plain words (``providers[].reason``, ``lastError``, an Event
   ``BackendCrashLooping``) and does not restart it again, although its restart grace ran out
@@ -28,6 +30,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -420,5 +423,76 @@ def test_crash_looping_pod_is_not_restarted_again_and_again(stack: Stack, capsys
             f"status.providers[flaky].reason = {entry.get('reason')}",
             f"lastError = {entry.get('lastError', '')[:150]}",
             f"Event BackendCrashLooping: {events[0].get('message', '')[:150] if events else '?'}",
+        ],
+    )
+
+
+def test_a_restarted_pod_slow_to_start_is_not_restarted_again_before_it_runs(stack: Stack, capsys):
+    """The restart grace is for a running backend to come up, not for the kubelet to
+    start it: the restarted pod spends 4 graces in an init container (as a pod does that
+    pulls weights or waits for a volume), and chainop waits for it rather than restarting
+    it again; once it runs, it is restored. (With the grace counted from the patch, it was
+    restarted again after 5 s, and again, until the hour's budget ran out.)"""
+    node, kit, ns = stack.node, stack.kit, stack.namespace
+    port = free_port()
+    grace, starting = 5, 20
+    prepare = f'if [ -n "${onnode.RESTARTED_ENV}" ]; then sleep {starting}; fi'
+    onnode.apply(
+        node,
+        ns,
+        onnode.backend_deployment(
+            "slow",
+            onnode.fake_backend_command(port, "slow", VLLM_MODEL),
+            port=port,
+            init_command=["sh", "-c", prepare],
+        ),
+    )
+    onnode.wait_for(lambda: onnode.live_pod(node, ns, "app=slow"), timeout=90, what="slow pod")
+    url = f"http://{BRIDGE_IP}:{port}"
+    onnode.wait_for(
+        lambda: onnode.http("GET", f"{url}/v1/models")[0] == 200, timeout=30, what="slow up"
+    )
+    head = kit.provider("slow", url, "Sovereign", model=VLLM_MODEL, backend={"deployment": "slow"})
+    stack.chain("slowstart", head, restartGraceSeconds=grace, maxRestartsPerHour=3)
+    kit.chain_ready("slowstart", timeout=60)
+
+    t0 = time.monotonic()
+    onnode.control(url, mode="hung_engine")
+    onnode.wait_for(
+        lambda: onnode.restart_history(node, ns, "slow"), timeout=60, what="the restart"
+    )
+    restarted = time.monotonic() - t0
+
+    def restored_once() -> bool:
+        history = onnode.restart_history(node, ns, "slow")
+        assert len(history) == 1, (
+            f"chainop restarted the backend again while its new pod was starting: {history}; "
+            f"provider {kit.provider_status('slowstart', 'slow')}"
+        )
+        state, order = provider_state(kit, "slowstart", "slow")
+        return state == "Healthy" and order[:1] == ["slow"]
+
+    onnode.wait_for(restored_once, timeout=120, what="slow restored after one restart")
+    restored = time.monotonic() - t0
+    # One rollout after the first: a second restart would have made revision 3. (Not the
+    # generation: clearing chainop's in-flight annotation bumps it too.)
+    annotations = kit.deployment("slow")["metadata"]["annotations"]
+    assert annotations["deployment.kubernetes.io/revision"] == "2", annotations
+    # The window was real: the new pod's init container ran for several graces.
+    pod = onnode.live_pod(node, ns, "app=slow")
+    assert pod is not None
+    (init,) = pod["status"]["initContainerStatuses"]
+    ran = init["state"]["terminated"]
+    began = datetime.fromisoformat(ran["startedAt"]).timestamp()
+    ended = datetime.fromisoformat(ran["finishedAt"]).timestamp()
+    assert ended - began >= starting - 1 > 3 * grace, ran
+    assert restored - restarted >= starting - 1
+    report(
+        capsys,
+        "a restarted pod slow to start (init container 20 s, restartGraceSeconds 5):",
+        [
+            f"restarted {restarted:.1f} s after the fault; restored {restored:.1f} s after it",
+            f"init container ran {ended - began:.0f} s; restart-history 1 entry, "
+            "Deployment revision 2",
         ],
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from chainop.core.health import POD_REASONS, ProviderHealth
@@ -139,19 +140,122 @@ class RestartVerdict:
 
 
 def may_restart(
-    ledger: RestartLedger, *, now: float, max_per_hour: int, grace_seconds: float
+    ledger: RestartLedger,
+    *,
+    now: float,
+    max_per_hour: int,
+    grace_seconds: float,
+    underway: str | None = None,
 ) -> RestartVerdict:
     """Decide whether a Deployment may be restarted now. Purely computational.
 
-    Never two restarts in flight, never more than ``max_per_hour`` in any hour.
+    Never two restarts in flight, never more than ``max_per_hour`` in any hour. A restart
+    is in flight for ``grace_seconds`` after it was ordered, and for as long after that as
+    its rollout has not yet given the backend its chance (``underway``, from
+    ``restart_underway``): the grace is for a *running* backend to come up, not for the
+    kubelet to get round to starting it.
     """
     if ledger.in_flight(now=now, grace_seconds=grace_seconds):
+        return RestartVerdict(False, "RestartInFlight")
+    if ledger.in_flight_since is not None and underway:
         return RestartVerdict(False, "RestartInFlight")
     if max_per_hour <= 0:
         return RestartVerdict(False, "RestartsDisabled")
     if len(ledger.recent(now=now)) >= max_per_hour:
         return RestartVerdict(False, "RestartBudgetExhausted")
     return RestartVerdict(True, "RestartAllowed")
+
+
+#: Waiting reasons of a container the kubelet has not started yet (as opposed to one it
+#: cannot start, ``POD_REASONS``).
+STARTING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
+
+#: ``spec.progressDeadlineSeconds`` when a Deployment does not say (the API's default).
+PROGRESS_DEADLINE_SECONDS = 600.0
+
+
+def _epoch(stamp: object) -> float | None:
+    """An RFC 3339 time from the API (``2026-12-02T16:06:46Z``) in epoch seconds."""
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return None
+
+
+def restart_underway(
+    deployment: Mapping[str, Any],
+    pods: Sequence[Mapping[str, Any]],
+    *,
+    now: float,
+    since: float | None,
+    grace_seconds: float,
+) -> str | None:
+    """Why the restart chainop ordered at ``since`` has not yet given the backend its
+    chance, in plain words, or None. Purely computational.
+
+    ``deployment`` and ``pods`` are the objects as the API serves them. On a real node,
+    the time between the patch and a new container running is the kubelet's and the
+    scheduler's, not the backend's: the old pod's termination grace (``Recreate`` waits for
+    it), creating the sandbox, pulling, init containers. On a busy node that took more than
+    15 s (CI, kubelet v1.36), so a grace counted from the patch ran out before the new pod
+    had started, and a second restart replaced a pod that had never run. Under way here
+    means: the Deployment controller has not acted on the new template; fewer pods than
+    replicas are of it; an old pod on a node is still shutting down; or a pod on a node
+    has a container not started yet, not past its startup probe, or started less than
+    ``grace_seconds`` ago. Pods no node has taken are not counted: without a scheduler
+    (a control plane with no nodes) they never will be, and the grace from the patch
+    stands. Nothing is under way once ``progressDeadlineSeconds`` have passed since the
+    restart or the controller says the rollout exceeded it: a rollout that stuck is not
+    one to wait for. A crash-looping new pod is ``pod_problem``'s, checked first.
+    """
+    if since is None:
+        return None
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    if spec.get("paused"):
+        return None  # a paused Deployment rolls nothing out: nothing to wait for
+    deadline = float(spec.get("progressDeadlineSeconds") or PROGRESS_DEADLINE_SECONDS)
+    if now - since >= deadline:
+        return None
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Progressing" and condition.get("reason") == (
+            "ProgressDeadlineExceeded"
+        ):
+            return None
+    generation = int((deployment.get("metadata") or {}).get("generation") or 0)
+    if int(status.get("observedGeneration") or 0) < generation:
+        return "the Deployment controller has not yet acted on the restart"
+    replicas = int(spec.get("replicas", 1) or 0)
+    updated = int(status.get("updatedReplicas") or 0)
+    if updated < replicas:
+        return f"{updated} of {replicas} pods replaced so far"
+    for pod in pods:
+        metadata = pod.get("metadata") or {}
+        name = metadata.get("name", "?")
+        if not (pod.get("spec") or {}).get("nodeName"):
+            continue
+        if metadata.get("deletionTimestamp"):
+            return f"old pod {name} is still shutting down"
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        if not statuses:
+            return f"pod {name} has no containers yet"
+        for container in statuses:
+            state = container.get("state") or {}
+            label = f"pod {name}: container {container.get('name', '?')}"
+            waiting = (state.get("waiting") or {}).get("reason")
+            if waiting in STARTING_REASONS:
+                return f"{label} is in {waiting}"
+            running = state.get("running")
+            if running is None:
+                continue
+            if container.get("started") is False:
+                return f"{label} has not passed its startup probe yet"
+            started = _epoch(running.get("startedAt"))
+            if started is not None and now - started < grace_seconds:
+                return f"{label} started {max(now - started, 0):.0f}s ago"
+    return None
 
 
 def record_restart(ledger: RestartLedger, *, now: float) -> RestartLedger:

@@ -550,8 +550,12 @@ class SelfHealingSpec(_Model):
         le=86_400,
         description=(
             "How long a restart chainop ordered counts as under way (no second restart, no "
-            "penalty for failures) unless the backend answers first. Set it above the "
-            "backend's start-up time (model loading)."
+            "penalty for failures) unless the backend answers first: from the patch, and "
+            "on a node from when the restarted container starts. While the rollout has "
+            "not started it (old pod shutting down, new one being created or initialising, "
+            "startup probe not passed), the restart stays under way, up to the "
+            "Deployment's progressDeadlineSeconds. Set it above the backend's start-up "
+            "time (model loading)."
         ),
     )
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -78,8 +79,14 @@ class RestartManager:
         now: float,
         max_per_hour: int,
         grace_seconds: float,
+        pods: Sequence[Mapping[str, Any]] = (),
     ) -> RestartOutcome:
-        """Restart ``deployment`` unless one is in flight or the budget is spent."""
+        """Restart ``deployment`` unless one is in flight or the budget is spent.
+
+        ``pods`` are the Deployment's pods as last read: with them, a restart whose rollout
+        has not yet started the backend stays in flight past the grace
+        (``healing.restart_underway``).
+        """
         async with self._locks[(namespace, deployment)]:
             for _ in range(5):
                 obj = await self.kube.read_deployment(namespace, deployment)
@@ -87,9 +94,18 @@ class RestartManager:
                     return RestartOutcome(RestartVerdict(False, "DeploymentNotFound"), False)
                 ledger = ledger_from(obj)
                 self.ledgers[(namespace, deployment)] = ledger
-                verdict = healing.may_restart(
-                    ledger, now=now, max_per_hour=max_per_hour, grace_seconds=grace_seconds
+                underway = healing.restart_underway(
+                    obj, pods, now=now, since=ledger.in_flight_since, grace_seconds=grace_seconds
                 )
+                verdict = healing.may_restart(
+                    ledger,
+                    now=now,
+                    max_per_hour=max_per_hour,
+                    grace_seconds=grace_seconds,
+                    underway=underway,
+                )
+                if underway and not verdict.allowed:
+                    log.debug("restart of %s/%s under way: %s", namespace, deployment, underway)
                 if not verdict.allowed:
                     return RestartOutcome(verdict, False)
                 updated = healing.record_restart(ledger, now=now)
@@ -121,13 +137,6 @@ class RestartManager:
                 log.info("restarted Deployment %s/%s", namespace, deployment)
                 return RestartOutcome(verdict, True)
             return RestartOutcome(RestartVerdict(False, "RestartConflict"), False)
-
-    async def in_flight(self, namespace: str, deployment: str, *, now: float, grace: float) -> bool:
-        """Whether a restart of ``deployment`` is under way (read from the Deployment)."""
-        obj = await self.kube.read_deployment(namespace, deployment)
-        if obj is None:
-            return False
-        return ledger_from(obj).in_flight(now=now, grace_seconds=grace)
 
     async def settle(self, namespace: str, deployment: str) -> None:
         """The backend answers again: clear the in-flight mark (no-op if already clear)."""

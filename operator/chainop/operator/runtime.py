@@ -320,8 +320,9 @@ class Runtime:
         self.chains: dict[tuple[str, str], ChainRuntime] = {}
         #: Probes in flight per key (several when a probe outlasts the interval).
         self._probing: dict[ProbeKey, int] = {}
-        #: When the pods of a backend Deployment were last inspected.
-        self._pods_seen: dict[tuple[str, str], float] = {}
+        #: When the pods of a backend Deployment were last inspected, and the pods then
+        #: read (empty when the read failed): a restart decision in the same tick uses them.
+        self._pods_seen: dict[tuple[str, str], tuple[float, tuple[dict[str, Any], ...]]] = {}
         self._next_due: dict[ProbeKey, float] = {}
         #: Load-signal reads by metrics URL: when the next is due, which are in flight,
         #: and the error already logged for a URL that keeps failing.
@@ -977,9 +978,9 @@ class Runtime:
         deployment = provider.backend.deployment
         key = (runtime.namespace, deployment)
         last = self._pods_seen.get(key)
-        if last is not None and (last == now or (not force and now - last < 5.0)):
+        if last is not None and (last[0] == now or (not force and now - last[0] < 5.0)):
             return
-        self._pods_seen[key] = now
+        self._pods_seen[key] = (now, ())
         try:
             found = await self.kube.read_deployment(runtime.namespace, deployment)
             labels = ((found or {}).get("spec") or {}).get("selector", {}).get("matchLabels")
@@ -987,6 +988,7 @@ class Runtime:
         except KubeError as error:
             log.info("pods of Deployment %s not read: %s", deployment, error)
             return
+        self._pods_seen[key] = (now, tuple(pods))
         problem = healing.pod_problem(pods)
         health = board.get(provider.name)
         if problem is None:
@@ -1061,6 +1063,7 @@ class Runtime:
         await self.inspect_backend(runtime, provider, now=now, force=True)
         if not self.restart_wanted(spec, provider, board.get(provider.name)):
             return
+        _, pods = self._pods_seen.get((runtime.namespace, deployment), (now, ()))
         try:
             outcome = await self.restarts.request(
                 runtime.namespace,
@@ -1068,6 +1071,7 @@ class Runtime:
                 now=now,
                 max_per_hour=healing_spec.max_restarts_per_hour,
                 grace_seconds=healing_spec.restart_grace_seconds,
+                pods=pods,
             )
         except KubeError as error:
             self.event(
