@@ -249,11 +249,14 @@ def backend_deployment(
     mounts: Sequence[Mapping[str, Any]] = (),
     grace_seconds: int = 2,
     init_command: Sequence[str] = (),
+    startup_probe: bool = False,
 ) -> dict[str, Any]:
     """A backend Deployment on the node. ``hostNetwork`` + ``Recreate`` (a fixed address
     across restarts: the old pod frees the port before the new one binds it). Its pods see
     chainop's restart annotation as ``$CHAINOP_RESTARTED_AT`` (empty before any restart),
-    in ``init_command``'s init container too when there is one."""
+    in ``init_command``'s init container too when there is one. ``startup_probe``: the
+    kubelet asks ``GET /v1/models`` every second until it answers, as a model server's
+    Deployment says "still loading"."""
     labels = {"app": name}
     restarted = {
         "name": RESTARTED_ENV,
@@ -268,6 +271,12 @@ def backend_deployment(
         "ports": [{"containerPort": port, "name": "http"}],
         "volumeMounts": list(mounts),
     }
+    if startup_probe:
+        container["startupProbe"] = {
+            "httpGet": {"path": "/v1/models", "port": port},
+            "periodSeconds": 1,
+            "failureThreshold": 120,
+        }
     spec: dict[str, Any] = {
         "nodeSelector": {"kubernetes.io/hostname": "chainop-node"},
         "terminationGracePeriodSeconds": grace_seconds,

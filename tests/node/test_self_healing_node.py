@@ -127,6 +127,34 @@ def provider_state(kit: Kit, chain: str, provider: str) -> tuple[str, list[str]]
     return kit.provider_status(chain, provider).get("state", ""), status.get("activeOrder", [])
 
 
+def serve(stack: Stack, deployment: dict[str, Any], port: int) -> str:
+    """Apply a backend Deployment (hostNetwork, ``port``) and wait until its pod answers
+    ``/v1/models``; its URL on the bridge."""
+    node, ns = stack.node, stack.namespace
+    name = deployment["metadata"]["name"]
+    onnode.apply(node, ns, deployment)
+    onnode.wait_for(
+        lambda: onnode.live_pod(node, ns, f"app={name}"), timeout=90, what=f"{name} pod"
+    )
+    url = f"http://{BRIDGE_IP}:{port}"
+    onnode.wait_for(
+        lambda: onnode.http("GET", f"{url}/v1/models")[0] == 200, timeout=30, what=f"{name} up"
+    )
+    return url
+
+
+def hang_until_restarted(stack: Stack, url: str, deployment: str) -> float:
+    """Hang the fake backend at ``url`` (``hung_engine``) and wait for chainop's restart of
+    ``deployment``; the monotonic time of the fault."""
+    t0 = time.monotonic()
+    onnode.control(url, mode="hung_engine")
+    onnode.wait_for(
+        lambda: onnode.restart_history(stack.node, stack.namespace, deployment),
+        timeout=60, what=f"the restart of {deployment}",
+    )  # fmt: skip
+    return t0
+
+
 def heal_and_measure(
     stack: Stack,
     *,
@@ -196,20 +224,10 @@ def figures(marks: dict[str, float]) -> list[str]:
 
 
 def test_hung_fake_vllm_pod_is_replaced_and_restored(stack: Stack, capsys):
-    node, kit, ns = stack.node, stack.kit, stack.namespace
+    kit = stack.kit
     port = free_port()
-    onnode.apply(
-        node,
-        ns,
-        onnode.backend_deployment(
-            "vllm", onnode.fake_backend_command(port, "vllm", VLLM_MODEL), port=port
-        ),
-    )
-    onnode.wait_for(lambda: onnode.live_pod(node, ns, "app=vllm"), timeout=90, what="vllm pod")
-    url = f"http://{BRIDGE_IP}:{port}"
-    onnode.wait_for(
-        lambda: onnode.http("GET", f"{url}/v1/models")[0] == 200, timeout=30, what="vllm up"
-    )
+    command = onnode.fake_backend_command(port, "vllm", VLLM_MODEL)
+    url = serve(stack, onnode.backend_deployment("vllm", command, port=port), port)
     head = kit.provider("vllm", url, "Sovereign", model=VLLM_MODEL, backend={"deployment": "vllm"})
     stack.chain("fake", head)
     status = kit.chain_ready("fake", timeout=60)
@@ -332,12 +350,7 @@ def crash_looping_deployment(port: int) -> dict[str, Any]:
 def test_crash_looping_pod_is_not_restarted_again_and_again(stack: Stack, capsys):
     node, kit, ns = stack.node, stack.kit, stack.namespace
     port = free_port()
-    onnode.apply(node, ns, crash_looping_deployment(port))
-    onnode.wait_for(lambda: onnode.live_pod(node, ns, "app=flaky"), timeout=90, what="flaky pod")
-    url = f"http://{BRIDGE_IP}:{port}"
-    onnode.wait_for(
-        lambda: onnode.http("GET", f"{url}/v1/models")[0] == 200, timeout=30, what="flaky up"
-    )
+    url = serve(stack, crash_looping_deployment(port), port)
     head = kit.provider(
         "flaky", url, "Sovereign", model=VLLM_MODEL, backend={"deployment": "flaky"}
     )
@@ -346,11 +359,7 @@ def test_crash_looping_pod_is_not_restarted_again_and_again(stack: Stack, capsys
     stack.chain("crashy", head, restartGraceSeconds=grace, maxRestartsPerHour=budget)
     kit.chain_ready("crashy", timeout=60)
 
-    t0 = time.monotonic()
-    onnode.control(url, mode="hung_engine")
-    onnode.wait_for(
-        lambda: onnode.restart_history(node, ns, "flaky"), timeout=60, what="the one restart"
-    )
+    t0 = hang_until_restarted(stack, url, "flaky")
     restarted = time.monotonic() - t0
 
     def seen() -> str:
@@ -430,37 +439,24 @@ def test_crash_looping_pod_is_not_restarted_again_and_again(stack: Stack, capsys
 def test_a_restarted_pod_slow_to_start_is_not_restarted_again_before_it_runs(stack: Stack, capsys):
     """The restart grace is for a running backend to come up, not for the kubelet to
     start it: the restarted pod spends 4 graces in an init container (as a pod does that
-    pulls weights or waits for a volume), and chainop waits for it rather than restarting
-    it again; once it runs, it is restored. (With the grace counted from the patch, it was
-    restarted again after 5 s, and again, until the hour's budget ran out.)"""
+    pulls weights or waits for a volume), then waits for its startup probe, and chainop
+    waits for it rather than restarting it again; once it runs, it is restored. (With the
+    grace counted from the patch, it was restarted again after 5 s, and again, until the
+    hour's budget ran out.)"""
     node, kit, ns = stack.node, stack.kit, stack.namespace
     port = free_port()
     grace, starting = 5, 20
     prepare = f'if [ -n "${onnode.RESTARTED_ENV}" ]; then sleep {starting}; fi'
-    onnode.apply(
-        node,
-        ns,
-        onnode.backend_deployment(
-            "slow",
-            onnode.fake_backend_command(port, "slow", VLLM_MODEL),
-            port=port,
-            init_command=["sh", "-c", prepare],
-        ),
+    command = onnode.fake_backend_command(port, "slow", VLLM_MODEL)
+    deployment = onnode.backend_deployment(
+        "slow", command, port=port, init_command=["sh", "-c", prepare], startup_probe=True
     )
-    onnode.wait_for(lambda: onnode.live_pod(node, ns, "app=slow"), timeout=90, what="slow pod")
-    url = f"http://{BRIDGE_IP}:{port}"
-    onnode.wait_for(
-        lambda: onnode.http("GET", f"{url}/v1/models")[0] == 200, timeout=30, what="slow up"
-    )
+    url = serve(stack, deployment, port)
     head = kit.provider("slow", url, "Sovereign", model=VLLM_MODEL, backend={"deployment": "slow"})
     stack.chain("slowstart", head, restartGraceSeconds=grace, maxRestartsPerHour=3)
     kit.chain_ready("slowstart", timeout=60)
 
-    t0 = time.monotonic()
-    onnode.control(url, mode="hung_engine")
-    onnode.wait_for(
-        lambda: onnode.restart_history(node, ns, "slow"), timeout=60, what="the restart"
-    )
+    t0 = hang_until_restarted(stack, url, "slow")
     restarted = time.monotonic() - t0
 
     def restored_once() -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from chainop.core.calls import CallContext, Completion
@@ -129,3 +130,33 @@ class RecordingObserver(ChainObserver):
 def names(attempts: Sequence[Attempt]) -> list[tuple[str, str]]:
     """(provider, outcome) of each attempt."""
     return [(a.provider, a.outcome) for a in attempts]
+
+
+# Deployments and pods shaped as kube-controller-manager and a real kubelet (v1.36, on
+# this project's node) serve them during a Recreate restart, sampled every 0.3 s: the old
+# pod shutting down, the new one in ContainerCreating, then running (restartCount 0) for
+# a second before a crash-looping container's first exit was reported.
+def stamp(epoch: float) -> str:
+    """Epoch seconds as the API writes times."""
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def rolled_deployment(**status: object) -> dict[str, object]:
+    """A Deployment restarted once (generation 2) whose rollout the controller made;
+    ``status`` overrides its status fields."""
+    rolled = {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1}
+    return {
+        "metadata": {"name": "flaky", "generation": 2},
+        "spec": {"replicas": 1, "strategy": {"type": "Recreate"}},
+        "status": {**rolled, **status},
+    }
+
+
+def node_pod(name: str, state: dict[str, object], **extra: object) -> dict[str, object]:
+    """A pod on the node with one container in ``state``; ``extra`` goes to metadata."""
+    container: dict[str, object] = {"name": "server", "ready": False, "restartCount": 0}
+    return {
+        "metadata": {"name": name, **extra},
+        "spec": {"nodeName": "chainop-node"},
+        "status": {"phase": "Running", "containerStatuses": [{**container, "state": state}]},
+    }

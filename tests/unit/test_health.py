@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -22,7 +20,7 @@ from chainop.core import healing
 from chainop.core import health as rules
 from chainop.core.health import ProviderHealth
 from chainop.core.models import CooldownSpec, ProbeMode, ProviderState, RecoverySpec
-from tests.unit.support import T0, chain, provider
+from tests.unit.support import T0, chain, node_pod, provider, rolled_deployment, stamp
 
 RECOVERY = RecoverySpec(initial_seconds=30, max_seconds=300)
 
@@ -132,32 +130,6 @@ def test_restart_in_flight_expires_after_grace():
     assert healing.may_restart(ledger, now=T0 + 301, max_per_hour=3, grace_seconds=300).allowed
 
 
-# What a real kubelet (v1.36, on this project's node) showed of a Recreate restart of
-# tests/node's crash-looping backend, sampled every 0.3 s: the old pod shutting down, the
-# new one in ContainerCreating, then running (restartCount 0) for a second before its
-# first exit was reported.
-def _stamp(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _deployment(**status: object) -> dict[str, object]:
-    rolled = {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1}
-    return {
-        "metadata": {"name": "flaky", "generation": 2},
-        "spec": {"replicas": 1, "strategy": {"type": "Recreate"}},
-        "status": {**rolled, **status},
-    }
-
-
-def _node_pod(name: str, state: dict[str, object], **extra: object) -> dict[str, object]:
-    container: dict[str, object] = {"name": "server", "ready": False, "restartCount": 0}
-    return {
-        "metadata": {"name": name, **extra},
-        "spec": {"nodeName": "chainop-node"},
-        "status": {"phase": "Running", "containerStatuses": [{**container, "state": state}]},
-    }
-
-
 def _underway(
     deployment: dict[str, object], *pods: dict[str, object], now: float = T0 + 8
 ) -> str | None:
@@ -165,23 +137,23 @@ def _underway(
 
 
 def test_a_restart_is_under_way_until_its_new_pod_has_run_for_the_grace():
-    rolled = _deployment()
-    old = _node_pod(
-        "flaky-old", {"running": {"startedAt": _stamp(T0 - 60)}}, deletionTimestamp=_stamp(T0 + 2)
+    rolled = rolled_deployment()
+    old = node_pod(
+        "flaky-old", {"running": {"startedAt": stamp(T0 - 60)}}, deletionTimestamp=stamp(T0 + 2)
     )
     assert _underway(rolled, old) == "old pod flaky-old is still shutting down"
-    creating = _node_pod("flaky-new", {"waiting": {"reason": "ContainerCreating"}})
+    creating = node_pod("flaky-new", {"waiting": {"reason": "ContainerCreating"}})
     assert _underway(rolled, creating) == "pod flaky-new: container server is in ContainerCreating"
-    init = _node_pod("flaky-new", {"waiting": {"reason": "PodInitializing"}})
+    init = node_pod("flaky-new", {"waiting": {"reason": "PodInitializing"}})
     assert _underway(rolled, init) == "pod flaky-new: container server is in PodInitializing"
     bare = {"metadata": {"name": "flaky-new"}, "spec": {"nodeName": "chainop-node"}}
     assert _underway(rolled, bare) == "pod flaky-new has no containers yet"
-    fresh = _node_pod("flaky-new", {"running": {"startedAt": _stamp(T0 + 7)}})
+    fresh = node_pod("flaky-new", {"running": {"startedAt": stamp(T0 + 7)}})
     assert _underway(rolled, fresh) == "pod flaky-new: container server started 1s ago"
     # Past the grace from the container's start: a restart that did not help may be retried.
     assert _underway(rolled, fresh, now=T0 + 13) is None
     # A startup probe still running says more than the clock does.
-    loading = _node_pod("flaky-new", {"running": {"startedAt": _stamp(T0 + 3)}})
+    loading = node_pod("flaky-new", {"running": {"startedAt": stamp(T0 + 3)}})
     loading["status"]["containerStatuses"][0]["started"] = False  # type: ignore[index]
     assert _underway(rolled, loading, now=T0 + 60) == (
         "pod flaky-new: container server has not passed its startup probe yet"
@@ -189,37 +161,65 @@ def test_a_restart_is_under_way_until_its_new_pod_has_run_for_the_grace():
 
 
 def test_a_restart_is_under_way_while_the_deployment_controller_rolls_it_out():
-    behind = _deployment(observedGeneration=1)
+    behind = rolled_deployment(observedGeneration=1)
     assert _underway(behind) == "the Deployment controller has not yet acted on the restart"
     # Recreate: the new ReplicaSet has no pod until the old ones are gone.
-    assert _underway(_deployment(updatedReplicas=0)) == "0 of 1 pods replaced so far"
+    assert (
+        _underway(rolled_deployment(updatedReplicas=0))
+        == "no pod of the new template yet (1 wanted)"
+    )
+    # RollingUpdate of 3: one new pod is in place; whether it ran is the pods' to say.
+    three = rolled_deployment(updatedReplicas=1)
+    three["spec"]["replicas"] = 3  # type: ignore[index]
+    assert _underway(three) is None
+    scaled_to_zero = rolled_deployment(updatedReplicas=0)
+    scaled_to_zero["spec"]["replicas"] = 0  # type: ignore[index]
+    assert _underway(scaled_to_zero) is None
 
 
 def test_a_stuck_or_unscheduled_rollout_is_not_waited_for():
-    creating = _node_pod("flaky-new", {"waiting": {"reason": "ContainerCreating"}})
-    exceeded = _deployment(
+    creating = node_pod("flaky-new", {"waiting": {"reason": "ContainerCreating"}})
+    exceeded = rolled_deployment(
         conditions=[
             {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}
         ]
     )
     assert _underway(exceeded, creating) is None
-    assert _underway(_deployment(), creating, now=T0 + 600) is None
-    short = _deployment()
+    assert _underway(rolled_deployment(), creating, now=T0 + 600) is None
+    short = rolled_deployment()
     short["spec"]["progressDeadlineSeconds"] = 30  # type: ignore[index]
     assert _underway(short, creating, now=T0 + 30) is None
-    paused = _deployment(updatedReplicas=0)
+    # The API's "no deadline" is an hour here: the restart budget's window.
+    endless = rolled_deployment()
+    endless["spec"]["progressDeadlineSeconds"] = 2_147_483_647  # type: ignore[index]
+    assert _underway(endless, creating, now=T0 + 3599) is not None
+    assert _underway(endless, creating, now=T0 + 3600) is None
+    # A pod the kubelet rejected (OutOfcpu...) stays Failed, bound, with no containers.
+    rejected = {
+        "metadata": {"name": "flaky-rejected"},
+        "spec": {"nodeName": "chainop-node"},
+        "status": {"phase": "Failed", "reason": "OutOfcpu"},
+    }
+    assert _underway(rolled_deployment(), rejected) is None
+    # Still there 30 s past the end of its termination grace: stuck (a dead node).
+    stuck = node_pod("flaky-old", {"running": {}}, deletionTimestamp=stamp(T0 - 30))
+    assert _underway(rolled_deployment(), stuck) is None
+    paused = rolled_deployment(updatedReplicas=0)
     paused["spec"]["paused"] = True  # type: ignore[index]
     assert _underway(paused) is None
     # No node took it (a control plane without nodes has no scheduler): the grace from
     # the patch is all there is.
     pending = {"metadata": {"name": "flaky-new"}, "spec": {}, "status": {"phase": "Pending"}}
-    assert _underway(_deployment(), pending) is None
-    # A pod running since before the restart (RollingUpdate keeps it) is not the restart's.
-    old = _node_pod("flaky-old", {"running": {"startedAt": _stamp(T0 - 600)}})
-    assert _underway(_deployment(), old) is None
+    assert _underway(rolled_deployment(), pending) is None
+    # A container running since before the restart (RollingUpdate keeps its pod) is not
+    # waited for. (Old and new pods are told apart by that start only.)
+    old = node_pod("flaky-old", {"running": {"startedAt": stamp(T0 - 600)}})
+    assert _underway(rolled_deployment(), old) is None
     # Nothing ordered, or settled: nothing under way.
     assert (
-        healing.restart_underway(_deployment(), [creating], now=T0, since=None, grace_seconds=5)
+        healing.restart_underway(
+            rolled_deployment(), [creating], now=T0, since=None, grace_seconds=5
+        )
         is None
     )
 
@@ -255,10 +255,10 @@ def test_past_the_grace_a_restart_stays_in_flight_while_under_way():
     deadline=st.integers(1, 3600),
 )
 def test_no_rollout_is_waited_for_past_its_progress_deadline(states, deleting, after, deadline):
-    deployment = _deployment(observedGeneration=1, updatedReplicas=0)
+    deployment = rolled_deployment(observedGeneration=1, updatedReplicas=0)
     deployment["spec"]["progressDeadlineSeconds"] = deadline  # type: ignore[index]
     extra = {"deletionTimestamp": "2026-12-02T16:06:52Z"} if deleting else {}
-    pods = [_node_pod(f"p{i}", state, **extra) for i, state in enumerate(states)]
+    pods = [node_pod(f"p{i}", state, **extra) for i, state in enumerate(states)]
     now = T0 + deadline + after
     assert healing.restart_underway(deployment, pods, now=now, since=T0, grace_seconds=5) is None
 

@@ -173,6 +173,14 @@ STARTING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
 #: ``spec.progressDeadlineSeconds`` when a Deployment does not say (the API's default).
 PROGRESS_DEADLINE_SECONDS = 600.0
 
+#: The longest chainop waits for a rollout, whatever the Deployment says: the hour of the
+#: restart budget (``progressDeadlineSeconds: 2147483647`` means "no deadline").
+LONGEST_ROLLOUT_WAIT = HOUR
+
+#: A pod still there this long after its ``deletionTimestamp`` (which is the end of its
+#: termination grace) is stuck, e.g. on a node that died: not a shutdown to wait for.
+STUCK_TERMINATING_SECONDS = 30.0
+
 
 def _epoch(stamp: object) -> float | None:
     """An RFC 3339 time from the API (``2026-12-02T16:06:46Z``) in epoch seconds."""
@@ -201,14 +209,17 @@ def restart_underway(
     it), creating the sandbox, pulling, init containers. On a busy node that took more than
     15 s (CI, kubelet v1.36), so a grace counted from the patch ran out before the new pod
     had started, and a second restart replaced a pod that had never run. Under way here
-    means: the Deployment controller has not acted on the new template; fewer pods than
-    replicas are of it; an old pod on a node is still shutting down; or a pod on a node
-    has a container not started yet, not past its startup probe, or started less than
-    ``grace_seconds`` ago. Pods no node has taken are not counted: without a scheduler
-    (a control plane with no nodes) they never will be, and the grace from the patch
-    stands. Nothing is under way once ``progressDeadlineSeconds`` have passed since the
-    restart or the controller says the rollout exceeded it: a rollout that stuck is not
-    one to wait for. A crash-looping new pod is ``pod_problem``'s, checked first.
+    means: the Deployment controller has not acted on the new template; no pod is of it
+    yet; an old pod on a node is still shutting down; or a live pod on a node has a
+    container not started yet, not past its startup probe, or started less than
+    ``grace_seconds`` ago (old pods are told from new ones by that start only, so an old
+    pod's container restarted just now also waits). Pods no node has taken are not
+    counted: without a scheduler (a control plane with no nodes) they never will be, and
+    the grace from the patch stands; nor are finished pods (Succeeded, or Failed, as
+    the kubelet leaves a pod it rejected), nor a pod stuck terminating. Nothing is under
+    way once ``progressDeadlineSeconds`` (at most an hour) have passed since the restart
+    or the controller says the rollout exceeded it: a rollout that stuck is not one to
+    wait for. A crash-looping new pod is ``pod_problem``'s, checked first.
     """
     if since is None:
         return None
@@ -217,7 +228,7 @@ def restart_underway(
     if spec.get("paused"):
         return None  # a paused Deployment rolls nothing out: nothing to wait for
     deadline = float(spec.get("progressDeadlineSeconds") or PROGRESS_DEADLINE_SECONDS)
-    if now - since >= deadline:
+    if now - since >= min(deadline, LONGEST_ROLLOUT_WAIT):
         return None
     for condition in status.get("conditions") or []:
         if condition.get("type") == "Progressing" and condition.get("reason") == (
@@ -228,16 +239,23 @@ def restart_underway(
     if int(status.get("observedGeneration") or 0) < generation:
         return "the Deployment controller has not yet acted on the restart"
     replicas = int(spec.get("replicas", 1) or 0)
-    updated = int(status.get("updatedReplicas") or 0)
-    if updated < replicas:
-        return f"{updated} of {replicas} pods replaced so far"
+    if replicas and not status.get("updatedReplicas"):
+        # Recreate: the new ReplicaSet gets its pods once the old ones are gone. (Only
+        # "none yet": with a new pod in place, the pods below say whether it has run.)
+        return f"no pod of the new template yet ({replicas} wanted)"
     for pod in pods:
         metadata = pod.get("metadata") or {}
         name = metadata.get("name", "?")
         if not (pod.get("spec") or {}).get("nodeName"):
             continue
-        if metadata.get("deletionTimestamp"):
-            return f"old pod {name} is still shutting down"
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        deleting = metadata.get("deletionTimestamp")
+        if deleting:
+            ends = _epoch(deleting)
+            if ends is None or now - ends < STUCK_TERMINATING_SECONDS:
+                return f"old pod {name} is still shutting down"
+            continue
         statuses = (pod.get("status") or {}).get("containerStatuses") or []
         if not statuses:
             return f"pod {name} has no containers yet"

@@ -554,8 +554,8 @@ class SelfHealingSpec(_Model):
             "on a node from when the restarted container starts. While the rollout has "
             "not started it (old pod shutting down, new one being created or initialising, "
             "startup probe not passed), the restart stays under way, up to the "
-            "Deployment's progressDeadlineSeconds. Set it above the backend's start-up "
-            "time (model loading)."
+            "Deployment's progressDeadlineSeconds (an hour at most). Set it above the "
+            "backend's start-up time (model loading)."
         ),
     )
 
