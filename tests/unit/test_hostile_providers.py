@@ -10,13 +10,18 @@ byte per second. For each, on both transports:
 * memory stays bounded: Python allocations (tracemalloc peak) and the process's peak
   RSS grow by less than 64 MB while a 100 MB reply is refused;
 * through ``core.chain.execute``, the chain fails over to a healthy second provider and
-  the task gets that provider's answer, with the hostile one's attempt recorded.
+  the task gets that provider's answer, with the hostile one's attempt recorded;
+* a server that announces keep-alive and then drops a reused connection as the next
+  request arrives (llama-server's close after a stream, any server's idle timeout): every
+  call still succeeds, the request going once more on another connection; a server that
+  drops every request fails the call after two tries, with "no answer".
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import resource
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -224,3 +229,99 @@ async def test_chain_fails_over_from_a_hostile_provider(kind: str) -> None:
     assert first.provider == "hostile"
     assert first.outcome in (AttemptOutcome.TRANSIENT, AttemptOutcome.INCOMPLETE), first
     assert first.error
+
+
+# ------------------------------------------------ keep-alive connections dropped on reuse
+
+COMPLETION = json.dumps(
+    {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "hi"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }
+).encode()
+
+
+@contextlib.asynccontextmanager
+async def dropping_server(answers_per_connection: int) -> AsyncIterator[tuple[str, list[str]]]:
+    """Announce keep-alive, answer ``answers_per_connection`` requests on a connection,
+    then read the next one and close without a byte of answer: the race every keep-alive
+    server has with its clients (its idle timeout firing as a request arrives), and
+    llama-server's close after each stream when the close is still on its way. Yields the
+    base URL and a log of what each request met ("answered" or "dropped")."""
+    seen: list[str] = []
+    handlers: set[asyncio.Task[Any]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            for _ in range(answers_per_connection):
+                await _read_request(reader)
+                seen.append("answered")
+                writer.write(
+                    _headers(f"Content-Length: {len(COMPLETION)}\r\nConnection: keep-alive\r\n")
+                    + COMPLETION
+                )
+                await writer.drain()
+            await _read_request(reader)
+            seen.append("dropped")
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1", seen
+    finally:
+        server.close()
+        for task in list(handlers):
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_pooled_connection_dropped_as_the_request_arrives_costs_no_failure(
+    transport: str,
+) -> None:
+    """Each reuse of a pooled connection meets the drop; the request goes once more, on
+    another connection, and every call succeeds."""
+    async with (
+        dropping_server(answers_per_connection=1) as (url, seen),
+        ProviderClients(transport=transport) as clients,  # type: ignore[arg-type]
+    ):
+        for _ in range(4):
+            completion = await asyncio.wait_for(
+                clients(spec_of("keepalive", url), REQUEST, CallContext(timeout=30)), GUARD
+            )
+            assert completion.text == "hi"
+    assert seen.count("answered") == 4
+    assert seen.count("dropped") == 3, seen  # the pool really reused each connection
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_server_that_drops_every_request_is_tried_twice_then_fails(
+    transport: str,
+) -> None:
+    async with (
+        dropping_server(answers_per_connection=0) as (url, seen),
+        ProviderClients(transport=transport) as clients,  # type: ignore[arg-type]
+    ):
+        with pytest.raises(TransientError) as caught:
+            await asyncio.wait_for(
+                clients(spec_of("dropper", url), REQUEST, CallContext(timeout=30)), GUARD
+            )
+    assert "no answer" in caught.value.message, caught.value.message
+    assert seen == ["dropped", "dropped"]
