@@ -474,9 +474,12 @@ def test_a_restarted_pod_slow_to_start_is_not_restarted_again_before_it_runs(sta
     # generation: clearing chainop's in-flight annotation bumps it too.)
     annotations = kit.deployment("slow")["metadata"]["annotations"]
     assert annotations["deployment.kubernetes.io/revision"] == "2", annotations
-    # The window was real: the new pod's init container ran for several graces.
-    pod = onnode.live_pod(node, ns, "app=slow")
-    assert pod is not None
+    # The window was real: the new pod's init container ran for several graces. (The pod
+    # may turn Ready a moment after chainop's recovery probe got its answer: the kubelet
+    # probes on its own period.)
+    pod = onnode.wait_for(
+        lambda: onnode.live_pod(node, ns, "app=slow"), timeout=30, what="the new pod Ready"
+    )
     (init,) = pod["status"]["initContainerStatuses"]
     ran = init["state"]["terminated"]
     began = datetime.fromisoformat(ran["startedAt"]).timestamp()
