@@ -118,22 +118,26 @@ HOSTILE: dict[str, tuple[Writer, type[ProviderError], str]] = {
 }
 
 
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
 @contextlib.asynccontextmanager
-async def hostile_server(behaviour: Writer) -> AsyncIterator[str]:
-    """Serve ``behaviour`` to every connection; yield the base URL (``…/v1``)."""
+async def serving(handle: Handler) -> AsyncIterator[str]:
+    """Run ``handle`` on each connection to a server on 127.0.0.1; yield the base URL
+    (``…/v1``). A peer going away ends a handler quietly; the connection is closed after
+    it, and whatever still runs at the end is cancelled."""
     handlers: set[asyncio.Task[Any]] = set()
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         handlers.add(asyncio.current_task())  # type: ignore[arg-type]
         try:
-            await _read_request(reader)
-            await behaviour(writer)
+            await handle(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass
         finally:
             writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    server = await asyncio.start_server(tracked, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         yield f"http://127.0.0.1:{port}/v1"
@@ -143,6 +147,18 @@ async def hostile_server(behaviour: Writer) -> AsyncIterator[str]:
             task.cancel()
         await asyncio.gather(*handlers, return_exceptions=True)
         await server.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def hostile_server(behaviour: Writer) -> AsyncIterator[str]:
+    """Serve ``behaviour`` to every connection; yield the base URL (``…/v1``)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        await behaviour(writer)
+
+    async with serving(handle) as url:
+        yield url
 
 
 def spec_of(name: str, endpoint: str) -> ProviderSpec:
@@ -258,36 +274,21 @@ async def dropping_server(answers_per_connection: int) -> AsyncIterator[tuple[st
     llama-server's close after each stream when the close is still on its way. Yields the
     base URL and a log of what each request met ("answered" or "dropped")."""
     seen: list[str] = []
-    handlers: set[asyncio.Task[Any]] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
-        try:
-            for _ in range(answers_per_connection):
-                await _read_request(reader)
-                seen.append("answered")
-                writer.write(
-                    _headers(f"Content-Length: {len(COMPLETION)}\r\nConnection: keep-alive\r\n")
-                    + COMPLETION
-                )
-                await writer.drain()
+        for _ in range(answers_per_connection):
             await _read_request(reader)
-            seen.append("dropped")
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
+            seen.append("answered")
+            writer.write(
+                _headers(f"Content-Length: {len(COMPLETION)}\r\nConnection: keep-alive\r\n")
+                + COMPLETION
+            )
+            await writer.drain()
+        await _read_request(reader)
+        seen.append("dropped")
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}/v1", seen
-    finally:
-        server.close()
-        for task in list(handlers):
-            task.cancel()
-        await asyncio.gather(*handlers, return_exceptions=True)
-        await server.wait_closed()
+    async with serving(handle) as url:
+        yield url, seen
 
 
 @pytest.mark.timeout(60)
