@@ -104,9 +104,9 @@ class RestartManager:
                     grace_seconds=grace_seconds,
                     underway=underway,
                 )
-                if underway and not verdict.allowed:
-                    log.debug("restart of %s/%s under way: %s", namespace, deployment, underway)
                 if not verdict.allowed:
+                    if underway:
+                        log.debug("restart of %s/%s under way: %s", namespace, deployment, underway)
                     return RestartOutcome(verdict, False)
                 updated = healing.record_restart(ledger, now=now)
                 patch = {
