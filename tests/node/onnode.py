@@ -314,6 +314,18 @@ def apply(node: Node, namespace: str, *docs: Mapping[str, Any]) -> None:
     node.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
 
 
+def serve(node: Node, namespace: str, deployment: Mapping[str, Any], port: int) -> str:
+    """Apply a backend Deployment serving on ``port`` and wait until its pod answers
+    ``/v1/models``; its base URL at the pod IP (the node's address, ``BRIDGE_IP``, for a
+    hostNetwork pod)."""
+    name = deployment["metadata"]["name"]
+    apply(node, namespace, deployment)
+    pod = wait_for(lambda: live_pod(node, namespace, f"app={name}"), timeout=90, what=f"{name} pod")
+    url = f"http://{pod['status']['podIP']}:{port}"
+    wait_for(lambda: http("GET", f"{url}/v1/models")[0] == 200, timeout=30, what=f"{name} up")
+    return url
+
+
 def restart_history(node: Node, namespace: str, deployment: str) -> list[str]:
     """chainop's ``chainop.dev/restart-history`` on a Deployment (one entry per restart)."""
     data = node.get_json("deployment", deployment, "-n", namespace)

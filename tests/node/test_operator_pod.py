@@ -93,24 +93,13 @@ def test_operator_pod_on_the_node(node: Node, namespaces: tuple[str, str], tmp_p
     stack = contextlib.ExitStack()
     try:
         # The backend: the fake vLLM as a pod of the app image, reached by its pod IP.
-        onnode.apply(
-            node,
-            watched,
-            onnode.backend_deployment(
-                "vllm",
-                onnode.fake_backend_command(8000, "vllm", MODEL, host="0.0.0.0"),
-                port=8000,
-                host_network=False,
-            ),
+        backend = onnode.backend_deployment(
+            "vllm",
+            onnode.fake_backend_command(8000, "vllm", MODEL, host="0.0.0.0"),
+            port=8000,
+            host_network=False,
         )
-        backend = onnode.wait_for(
-            lambda: onnode.live_pod(node, watched, "app=vllm"), timeout=90, what="backend pod"
-        )
-        url = f"http://{backend['status']['podIP']}:8000"
-        onnode.wait_for(
-            lambda: onnode.http("GET", f"{url}/v1/models")[0] == 200,
-            timeout=30, what="the backend answers",
-        )  # fmt: skip
+        url = onnode.serve(node, watched, backend, 8000)
 
         # 1. helm install --wait -> the operator Ready -> a chain Ready.
         t0 = time.monotonic()

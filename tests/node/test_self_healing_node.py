@@ -88,24 +88,13 @@ def stack(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stac
         seconds = onnode.install_operator(helm, release, release_ns, watched)
         # The terminus: a fake "cloud" pod, never restarted, reached by its pod IP.
         cloud_port = 8000
-        onnode.apply(
-            node,
-            watched,
-            onnode.backend_deployment(
-                "cloud",
-                onnode.fake_backend_command(cloud_port, "cloud", "cloud-model", host="0.0.0.0"),
-                port=cloud_port,
-                host_network=False,
-            ),
+        cloud = onnode.backend_deployment(
+            "cloud",
+            onnode.fake_backend_command(cloud_port, "cloud", "cloud-model", host="0.0.0.0"),
+            port=cloud_port,
+            host_network=False,
         )
-        pod = onnode.wait_for(
-            lambda: onnode.live_pod(node, watched, "app=cloud"), timeout=90, what="cloud pod"
-        )
-        cloud_url = f"http://{pod['status']['podIP']}:{cloud_port}"
-        onnode.wait_for(
-            lambda: onnode.http("GET", f"{cloud_url}/v1/models")[0] == 200,
-            timeout=30, what="cloud answers",
-        )  # fmt: skip
+        cloud_url = onnode.serve(node, watched, cloud, cloud_port)
         yield Stack(node, Kit(api, watched), watched, release, release_ns, cloud_url, seconds)
     finally:
         log = onnode.operator_log(node, release, release_ns)
@@ -125,22 +114,6 @@ def uninstall(helm: onnode.Helm, release: str, namespace: str) -> None:
 def provider_state(kit: Kit, chain: str, provider: str) -> tuple[str, list[str]]:
     status = kit.get(CHAINS, chain).get("status") or {}
     return kit.provider_status(chain, provider).get("state", ""), status.get("activeOrder", [])
-
-
-def serve(stack: Stack, deployment: dict[str, Any], port: int) -> str:
-    """Apply a backend Deployment (hostNetwork, ``port``) and wait until its pod answers
-    ``/v1/models``; its URL on the bridge."""
-    node, ns = stack.node, stack.namespace
-    name = deployment["metadata"]["name"]
-    onnode.apply(node, ns, deployment)
-    onnode.wait_for(
-        lambda: onnode.live_pod(node, ns, f"app={name}"), timeout=90, what=f"{name} pod"
-    )
-    url = f"http://{BRIDGE_IP}:{port}"
-    onnode.wait_for(
-        lambda: onnode.http("GET", f"{url}/v1/models")[0] == 200, timeout=30, what=f"{name} up"
-    )
-    return url
 
 
 def hang_until_restarted(stack: Stack, url: str, deployment: str) -> float:
@@ -224,10 +197,10 @@ def figures(marks: dict[str, float]) -> list[str]:
 
 
 def test_hung_fake_vllm_pod_is_replaced_and_restored(stack: Stack, capsys):
-    kit = stack.kit
+    node, kit, ns = stack.node, stack.kit, stack.namespace
     port = free_port()
     command = onnode.fake_backend_command(port, "vllm", VLLM_MODEL)
-    url = serve(stack, onnode.backend_deployment("vllm", command, port=port), port)
+    url = onnode.serve(node, ns, onnode.backend_deployment("vllm", command, port=port), port)
     head = kit.provider("vllm", url, "Sovereign", model=VLLM_MODEL, backend={"deployment": "vllm"})
     stack.chain("fake", head)
     status = kit.chain_ready("fake", timeout=60)
@@ -350,7 +323,7 @@ def crash_looping_deployment(port: int) -> dict[str, Any]:
 def test_crash_looping_pod_is_not_restarted_again_and_again(stack: Stack, capsys):
     node, kit, ns = stack.node, stack.kit, stack.namespace
     port = free_port()
-    url = serve(stack, crash_looping_deployment(port), port)
+    url = onnode.serve(node, ns, crash_looping_deployment(port), port)
     head = kit.provider(
         "flaky", url, "Sovereign", model=VLLM_MODEL, backend={"deployment": "flaky"}
     )
@@ -451,7 +424,7 @@ def test_a_restarted_pod_slow_to_start_is_not_restarted_again_before_it_runs(sta
     deployment = onnode.backend_deployment(
         "slow", command, port=port, init_command=["sh", "-c", prepare], startup_probe=True
     )
-    url = serve(stack, deployment, port)
+    url = onnode.serve(node, ns, deployment, port)
     head = kit.provider("slow", url, "Sovereign", model=VLLM_MODEL, backend={"deployment": "slow"})
     stack.chain("slowstart", head, restartGraceSeconds=grace, maxRestartsPerHour=3)
     kit.chain_ready("slowstart", timeout=60)
